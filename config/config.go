@@ -1,0 +1,319 @@
+// Package config owns deskgate's configuration (SPEC §5): the schema and
+// its defaults, strict YAML decoding where an unknown key is an error,
+// `${VAR}` expansion from the environment, and [Config.Validate], which
+// reports every error with the path of its field (`routes[2].pattern: ...`).
+//
+// Loading is pure: nothing here touches global state, so a reload can load
+// and validate a candidate config while the old one keeps serving.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole deskgate configuration.
+type Config struct {
+	Server      Server            `yaml:"server"`
+	Admin       Admin             `yaml:"admin"`
+	Upstream    Upstream          `yaml:"upstream"`
+	Redis       Redis             `yaml:"redis"`
+	Auth        Auth              `yaml:"auth"`
+	RateLimit   RateLimit         `yaml:"rate_limit"`
+	Routes      []Route           `yaml:"routes"`
+	WatchConfig bool              `yaml:"watch_config"`
+	Messages    map[string]string `yaml:"messages"`
+	Log         Log               `yaml:"log"`
+}
+
+// Server is the public listener.
+type Server struct {
+	Listen            string   `yaml:"listen"`
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
+	MaxHeaderBytes    int      `yaml:"max_header_bytes"`
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	// TrustedProxies lists the CIDRs (or single addresses) whose
+	// X-Forwarded-For is believed. Empty means nobody's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// Admin is the admin listener (/metrics, /healthz, /readyz).
+type Admin struct {
+	Listen string `yaml:"listen"`
+}
+
+// Upstream is the default upstream of every route.
+type Upstream struct {
+	URL string `yaml:"url"`
+	// Timeout bounds the wait for the response headers.
+	Timeout             Duration `yaml:"timeout"`
+	MaxIdleConnsPerHost int      `yaml:"max_idle_conns_per_host"`
+	MaxErrorBodyBytes   int64    `yaml:"max_error_body_bytes"`
+}
+
+// Redis is the shared rate-limit store. With neither URL nor Addrs the store
+// is in process.
+type Redis struct {
+	URL        string   `yaml:"url"`
+	Addrs      []string `yaml:"addrs"`
+	Cluster    bool     `yaml:"cluster"`
+	MasterName string   `yaml:"master_name"`
+	Timeout    Duration `yaml:"timeout"`
+	OnFailure  string   `yaml:"on_failure"`
+}
+
+// Enabled reports whether a Redis store is configured.
+func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 }
+
+// Auth configures key checking and the key store.
+type Auth struct {
+	Store            string   `yaml:"store"`
+	File             string   `yaml:"file"`
+	RedisPrefix      string   `yaml:"redis_prefix"`
+	CacheTTL         Duration `yaml:"cache_ttl"`
+	NegativeCacheTTL Duration `yaml:"negative_cache_ttl"`
+	Environments     []string `yaml:"environments"`
+	ForwardKey       bool     `yaml:"forward_key"`
+}
+
+// RateLimit is the global limit (SPEC §4).
+type RateLimit struct {
+	KeyBy     string          `yaml:"key_by"`
+	Algorithm string          `yaml:"algorithm"`
+	Tiers     []Tier          `yaml:"tiers"`
+	Plans     map[string]Plan `yaml:"plans"`
+}
+
+// Plan holds the tiers of one plan, chosen by the app's plan.
+type Plan struct {
+	Tiers []Tier `yaml:"tiers"`
+}
+
+// Tier is one limit: at most Limit requests in any Window.
+type Tier struct {
+	Limit  int    `yaml:"limit"`
+	Window Window `yaml:"window"`
+}
+
+// Route is one route policy.
+type Route struct {
+	Pattern   string         `yaml:"pattern"`
+	Auth      string         `yaml:"auth"`
+	RateLimit RouteRateLimit `yaml:"rate_limit"`
+	// Upstream overrides upstream.url when set.
+	Upstream string `yaml:"upstream"`
+	// Timeout overrides upstream.timeout when non-zero.
+	Timeout Duration `yaml:"timeout"`
+}
+
+// RouteRateLimit is a route's `rate_limit:`, which is either a boolean
+// (`false`: not limited; `true`: the global limit, the default) or a block
+// naming a separate budget.
+type RouteRateLimit struct {
+	// Disabled is set by `rate_limit: false`.
+	Disabled bool
+	// Bucket is the name of a separate budget; "" is the global one.
+	Bucket string `yaml:"bucket"`
+	// Algorithm overrides rate_limit.algorithm for this bucket.
+	Algorithm string `yaml:"algorithm"`
+	// Tiers overrides rate_limit.tiers for this bucket.
+	Tiers []Tier `yaml:"tiers"`
+}
+
+// routeRateLimitBlock is the mapping form of [RouteRateLimit]; the key
+// checker and the decoder use it.
+type routeRateLimitBlock struct {
+	Bucket    string `yaml:"bucket"`
+	Algorithm string `yaml:"algorithm"`
+	Tiers     []Tier `yaml:"tiers"`
+}
+
+// UnmarshalYAML accepts a boolean or a block.
+func (r *RouteRateLimit) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var b bool
+		if err := n.Decode(&b); err != nil {
+			return err
+		}
+		*r = RouteRateLimit{Disabled: !b}
+		return nil
+	}
+	var blk routeRateLimitBlock
+	if err := n.Decode(&blk); err != nil {
+		return err
+	}
+	*r = RouteRateLimit{Bucket: blk.Bucket, Algorithm: blk.Algorithm, Tiers: blk.Tiers}
+	return nil
+}
+
+// Log configures the process log and the access log.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Duration is a time.Duration written as in Go: "50ms", "10s", "1m".
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes d back as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Window is a rate-limit window. It keeps the text it was written as,
+// because the RateLimit-Policy header names each tier by it (SPEC §4).
+type Window struct {
+	D    time.Duration
+	Text string
+}
+
+// UnmarshalYAML parses a Go duration string and keeps its text.
+func (w *Window) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. 1s, 10s, 1m)", n.Value)
+	}
+	*w = Window{D: v, Text: n.Value}
+	return nil
+}
+
+// MarshalYAML writes w back as its text.
+func (w Window) MarshalYAML() (any, error) { return w.Text, nil }
+
+// Win returns a Window of d, named as Go formats it without zero units
+// ("1s", "1m", "1h"). It is for defaults and tests.
+func Win(d time.Duration) Window {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return Window{D: d, Text: s}
+}
+
+// Default returns the configuration that an empty file gives: every value
+// of SPEC §5 that has a default. Routes and upstream.url have none.
+func Default() *Config {
+	return &Config{
+		Server: Server{
+			Listen:            ":8080",
+			ReadHeaderTimeout: Duration(10 * time.Second),
+			IdleTimeout:       Duration(120 * time.Second),
+			MaxHeaderBytes:    32768,
+			MaxBodyBytes:      10 << 20,
+			ShutdownTimeout:   Duration(25 * time.Second),
+		},
+		Admin: Admin{Listen: "127.0.0.1:9090"},
+		Upstream: Upstream{
+			Timeout:             Duration(30 * time.Second),
+			MaxIdleConnsPerHost: 256,
+			MaxErrorBodyBytes:   64 << 10,
+		},
+		Redis: Redis{Timeout: Duration(50 * time.Millisecond), OnFailure: "local"},
+		Auth: Auth{
+			Store:            "none",
+			RedisPrefix:      "deskgate:apikey:",
+			CacheTTL:         Duration(30 * time.Second),
+			NegativeCacheTTL: Duration(5 * time.Second),
+			Environments:     []string{"live"},
+			ForwardKey:       true,
+		},
+		RateLimit: RateLimit{
+			KeyBy:     "app",
+			Algorithm: "sliding_log",
+			Tiers: []Tier{
+				{Limit: 3, Window: Win(time.Second)},
+				{Limit: 20, Window: Win(10 * time.Second)},
+				{Limit: 100, Window: Win(time.Minute)},
+			},
+		},
+		Messages: map[string]string{},
+		Log:      Log{Level: "info", Format: "json"},
+	}
+}
+
+// FieldError is one configuration error and the path of its field.
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e FieldError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// Errors is every error found in one configuration, in file order.
+type Errors []FieldError
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (es *Errors) add(path, format string, args ...any) {
+	*es = append(*es, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Load reads, decodes and validates the file at path. The error, when not
+// nil, is an [Errors] naming every problem, or an I/O error.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(data, os.LookupEnv)
+}
+
+// Parse decodes and validates data, reading `${VAR}` through lookup.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, Errors{{Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	cfg := Default()
+	if doc.Kind == 0 { // empty file
+		return cfg, cfg.Validate()
+	}
+	var errs Errors
+	check(&doc, typeOfConfig, "", lookup, &errs)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	if err := doc.Decode(cfg); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, m := range te.Errors {
+				errs.add("", "%s", m)
+			}
+			return nil, errs
+		}
+		return nil, Errors{{Msg: err.Error()}}
+	}
+	return cfg, cfg.Validate()
+}

@@ -1,0 +1,354 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/innovartx/deskgate/apierror"
+)
+
+// Validate checks every value and returns an [Errors] listing each problem
+// with its field path, or nil. It is pure and cheap: it builds nothing that
+// outlives the call.
+func (c *Config) Validate() error {
+	var errs Errors
+	c.validateServer(&errs)
+	c.validateUpstream(&errs)
+	c.validateRedis(&errs)
+	c.validateAuth(&errs)
+	c.validateRateLimit(&errs)
+	c.validateRoutes(&errs)
+	for _, k := range sortedKeys(c.Messages) {
+		p := "messages." + k
+		if !apierror.Known(apierror.Code(k)) {
+			errs.add(p, "unknown error code")
+		} else if strings.TrimSpace(c.Messages[k]) == "" {
+			errs.add(p, "message must not be empty")
+		}
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		errs.add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		errs.add("log.format", "must be json or text, got %q", c.Log.Format)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+func (c *Config) validateServer(errs *Errors) {
+	s := c.Server
+	checkListen(errs, "server.listen", s.Listen)
+	checkListen(errs, "admin.listen", c.Admin.Listen)
+	if s.Listen != "" && s.Listen == c.Admin.Listen {
+		errs.add("admin.listen", "must differ from server.listen")
+	}
+	positive(errs, "server.read_header_timeout", s.ReadHeaderTimeout.D())
+	positive(errs, "server.idle_timeout", s.IdleTimeout.D())
+	positive(errs, "server.shutdown_timeout", s.ShutdownTimeout.D())
+	if s.MaxHeaderBytes < 1024 {
+		errs.add("server.max_header_bytes", "must be at least 1024, got %d", s.MaxHeaderBytes)
+	}
+	if s.MaxBodyBytes <= 0 {
+		errs.add("server.max_body_bytes", "must be positive, got %d", s.MaxBodyBytes)
+	}
+	for i, p := range s.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			errs.add(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
+		}
+	}
+}
+
+func checkListen(errs *Errors, path, addr string) {
+	if addr == "" {
+		errs.add(path, "required")
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		errs.add(path, "want host:port or :port, got %q", addr)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		errs.add(path, "invalid port %q", port)
+	}
+}
+
+func positive(errs *Errors, path string, d time.Duration) {
+	if d <= 0 {
+		errs.add(path, "must be positive")
+	}
+}
+
+// ParsePrefix parses a trusted-proxy entry: a CIDR or a single address.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid address or CIDR %q", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// ParseUpstream parses an upstream URL: absolute http or https with a host,
+// and no query or fragment.
+func ParseUpstream(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("invalid URL %q", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("want an http:// or https:// URL, got %q", s)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("URL %q has no host", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("URL %q must not have a query, fragment or user info", s)
+	}
+	return u, nil
+}
+
+func (c *Config) validateUpstream(errs *Errors) {
+	u := c.Upstream
+	if u.URL == "" {
+		errs.add("upstream.url", "required")
+	} else if _, err := ParseUpstream(u.URL); err != nil {
+		errs.add("upstream.url", "%v", err)
+	}
+	positive(errs, "upstream.timeout", u.Timeout.D())
+	if u.MaxIdleConnsPerHost <= 0 {
+		errs.add("upstream.max_idle_conns_per_host", "must be positive, got %d", u.MaxIdleConnsPerHost)
+	}
+	if u.MaxErrorBodyBytes <= 0 {
+		errs.add("upstream.max_error_body_bytes", "must be positive, got %d", u.MaxErrorBodyBytes)
+	}
+}
+
+func (c *Config) validateRedis(errs *Errors) {
+	r := c.Redis
+	if r.URL != "" && len(r.Addrs) > 0 {
+		errs.add("redis.addrs", "set either redis.url or redis.addrs, not both")
+	}
+	if r.URL != "" {
+		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			errs.add("redis.url", "want redis://[user:password@]host:port[/db] or rediss://..., got %q", redactURL(r.URL))
+		}
+	}
+	if r.Cluster && r.MasterName != "" {
+		errs.add("redis.master_name", "cannot be used with redis.cluster: true")
+	}
+	if (r.Cluster || r.MasterName != "") && len(r.Addrs) == 0 {
+		errs.add("redis.addrs", "required with redis.cluster or redis.master_name")
+	}
+	for i, a := range r.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs.add(fmt.Sprintf("redis.addrs[%d]", i), "want host:port, got %q", a)
+		}
+	}
+	positive(errs, "redis.timeout", r.Timeout.D())
+	if !slices.Contains([]string{"local", "allow", "deny"}, r.OnFailure) {
+		errs.add("redis.on_failure", "must be local, allow or deny, got %q", r.OnFailure)
+	}
+	if r.Enabled() {
+		errs.add("redis", "the Redis rate-limit store is not in this build yet; remove redis.url/redis.addrs to use the in-process store")
+	}
+}
+
+// redactURL hides the password of a Redis URL in error messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	return u.Redacted()
+}
+
+func (c *Config) validateAuth(errs *Errors) {
+	a := c.Auth
+	switch a.Store {
+	case "none":
+	case "file", "redis":
+		errs.add("auth.store", "%q is not in this build yet; use none", a.Store)
+	default:
+		errs.add("auth.store", "must be none, file or redis, got %q", a.Store)
+	}
+	if len(a.Environments) == 0 {
+		errs.add("auth.environments", "must list at least one of live, test")
+	}
+	for i, e := range a.Environments {
+		if e != "live" && e != "test" {
+			errs.add(fmt.Sprintf("auth.environments[%d]", i), "must be live or test, got %q", e)
+		}
+	}
+	positive(errs, "auth.cache_ttl", a.CacheTTL.D())
+	positive(errs, "auth.negative_cache_ttl", a.NegativeCacheTTL.D())
+}
+
+func (c *Config) validateRateLimit(errs *Errors) {
+	rl := c.RateLimit
+	if !slices.Contains([]string{"app", "key", "ip"}, rl.KeyBy) {
+		errs.add("rate_limit.key_by", "must be app, key or ip, got %q", rl.KeyBy)
+	}
+	checkAlgorithm(errs, "rate_limit.algorithm", rl.Algorithm, false)
+	checkTiers(errs, "rate_limit", rl.Algorithm, rl.Tiers, true)
+	for _, name := range sortedKeys(rl.Plans) {
+		p := "rate_limit.plans." + name
+		if name == "" {
+			errs.add(p, "plan name must not be empty")
+		}
+		checkTiers(errs, p, rl.Algorithm, rl.Plans[name].Tiers, true)
+	}
+}
+
+func checkAlgorithm(errs *Errors, path, alg string, optional bool) {
+	if optional && alg == "" {
+		return
+	}
+	if alg != "sliding_log" && alg != "gcra" {
+		errs.add(path, "must be sliding_log or gcra, got %q", alg)
+	}
+}
+
+// checkTiers validates the tiers of one bucket. Windows are whole seconds
+// (the RateLimit headers count in seconds) and distinct (the header names a
+// tier by its window).
+func checkTiers(errs *Errors, path, alg string, tiers []Tier, required bool) {
+	if len(tiers) == 0 {
+		if required {
+			errs.add(path+".tiers", "at least one tier is required")
+		}
+		return
+	}
+	if alg == "gcra" && len(tiers) > 1 {
+		errs.add(path+".tiers", "algorithm gcra runs each tier as a separate redis_rate limiter and cannot admit a request atomically across %d tiers; use sliding_log or a single tier", len(tiers))
+	}
+	seen := map[time.Duration]int{}
+	for i, t := range tiers {
+		p := fmt.Sprintf("%s.tiers[%d]", path, i)
+		if t.Limit <= 0 {
+			errs.add(p+".limit", "must be positive, got %d", t.Limit)
+		}
+		switch {
+		case t.Window.D <= 0:
+			errs.add(p+".window", "required and positive")
+		case t.Window.D%time.Second != 0:
+			errs.add(p+".window", "must be a whole number of seconds, got %s", t.Window.Text)
+		case t.Window.D > 24*time.Hour:
+			errs.add(p+".window", "must be at most 24h, got %s", t.Window.Text)
+		}
+		if j, dup := seen[t.Window.D]; dup {
+			errs.add(p+".window", "same window as tiers[%d]", j)
+		}
+		seen[t.Window.D] = i
+	}
+}
+
+func (c *Config) validateRoutes(errs *Errors) {
+	if len(c.Routes) == 0 {
+		errs.add("routes", "at least one route is required")
+		return
+	}
+	mux := http.NewServeMux()
+	buckets := map[string]int{}
+	for i, r := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if r.Pattern == "" {
+			errs.add(p+".pattern", "required")
+		} else if err := RegisterPattern(mux, r.Pattern); err != nil {
+			errs.add(p+".pattern", "%v", err)
+		}
+		switch r.Auth {
+		case "secret", "public", "none":
+		case "":
+			errs.add(p+".auth", "required: secret, public or none")
+		default:
+			errs.add(p+".auth", "must be secret, public or none, got %q", r.Auth)
+		}
+		if r.Upstream != "" {
+			if _, err := ParseUpstream(r.Upstream); err != nil {
+				errs.add(p+".upstream", "%v", err)
+			}
+		}
+		if r.Timeout < 0 {
+			errs.add(p+".timeout", "must not be negative")
+		}
+		rl := r.RateLimit
+		if rl.Disabled || (rl.Bucket == "" && rl.Algorithm == "" && len(rl.Tiers) == 0) {
+			continue
+		}
+		if rl.Bucket == "" {
+			errs.add(p+".rate_limit.bucket", "required: a route's own rate_limit block names a separate budget")
+			continue
+		}
+		if j, dup := buckets[rl.Bucket]; dup {
+			prev := c.Routes[j].RateLimit
+			if rl.Algorithm != prev.Algorithm || !slices.Equal(rl.Tiers, prev.Tiers) {
+				errs.add(p+".rate_limit", "bucket %q is also defined by routes[%d] with other tiers", rl.Bucket, j)
+			}
+		} else {
+			buckets[rl.Bucket] = i
+		}
+		checkAlgorithm(errs, p+".rate_limit.algorithm", rl.Algorithm, true)
+		alg := rl.Algorithm
+		if alg == "" {
+			alg = c.RateLimit.Algorithm
+		}
+		checkTiers(errs, p+".rate_limit", alg, rl.Tiers, false)
+		if len(rl.Tiers) == 0 && alg == "gcra" && len(c.RateLimit.Tiers) > 1 {
+			errs.add(p+".rate_limit.tiers", "algorithm gcra needs its own single tier here (the global limit has %d)", len(c.RateLimit.Tiers))
+		}
+	}
+}
+
+// RegisterPattern adds pattern to mux with a do-nothing handler and turns
+// ServeMux's panic on an invalid or conflicting pattern into an error.
+func RegisterPattern(mux *http.ServeMux, pattern string) (err error) {
+	return Register(mux, pattern, http.NotFoundHandler())
+}
+
+// Register is mux.Handle that returns ServeMux's panic (an invalid
+// pattern, or one that conflicts with a registered one) as an error.
+func Register(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			msg := strings.TrimPrefix(fmt.Sprint(v), "http: ")
+			// ServeMux names where each pattern was registered: our own
+			// source lines, noise to the user.
+			msg = registeredAt.ReplaceAllString(msg, "")
+			msg = strings.Join(strings.Fields(msg), " ")
+			err = errors.New(msg)
+		}
+	}()
+	mux.Handle(pattern, h)
+	return nil
+}
+
+var registeredAt = regexp.MustCompile(` \(registered at [^)]*\)`)
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,317 @@
+// Command deskgate is the edge API gateway in front of the SupportDesk REST
+// API: it checks API keys against route policies, applies the global rate
+// limit, proxies to the upstream and answers every error in the standard
+// shape. The contract is SPEC.md; the README says how to run it.
+//
+// Usage:
+//
+//	deskgate [-config config.yaml] [-check-config] [-version]
+//	deskgate demo [-config config.yaml]
+//
+// `demo` also serves the example SupportDesk upstream at upstream.url, in
+// the same process, for the quick start.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/proxy"
+	"github.com/innovartx/deskgate/ratelimit"
+	"github.com/innovartx/deskgate/supportdesk"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// run is main with its exit code returned, so that tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	demo := false
+	if len(args) > 0 && args[0] == "demo" {
+		demo, args = true, args[1:]
+	}
+	fs := flag.NewFlagSet("deskgate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "config.yaml", "path of the YAML configuration")
+	checkOnly := fs.Bool("check-config", false, "validate the configuration and exit: 0 if valid, 1 with every error on stderr")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "deskgate: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "deskgate %s %s\n", buildVersion(), runtime.Version())
+		return 0
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		printConfigError(stderr, *configPath, err)
+		return 1
+	}
+	if *checkOnly {
+		fmt.Fprintf(stdout, "%s: configuration is valid (%d routes)\n", *configPath, len(cfg.Routes))
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := serve(ctx, cfg, *configPath, demo, hup, stdout); err != nil {
+		fmt.Fprintf(stderr, "deskgate: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func printConfigError(w io.Writer, path string, err error) {
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			fmt.Fprintf(w, "%s: %s\n", path, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "%s: %v\n", path, err)
+}
+
+func newLogger(w io.Writer, cfg config.Log, level *slog.LevelVar) *slog.Logger {
+	level.Set(parseLevel(cfg.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
+
+// app is the running gateway: what a reload replaces and what it keeps.
+type app struct {
+	log     *slog.Logger
+	level   *slog.LevelVar
+	metrics *metrics.Metrics
+	store   *ratelimit.Memory
+	current atomic.Pointer[proxy.Gateway]
+	cfg     atomic.Pointer[config.Config]
+	ready   atomic.Bool
+}
+
+func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
+	authn, err := auth.New(cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
+	return proxy.New(proxy.Options{
+		Config:  cfg,
+		Auth:    authn,
+		Limiter: a.store,
+		Metrics: a.metrics,
+		Logger:  a.log,
+	})
+}
+
+// reload loads, validates and builds the config at path, then swaps it in
+// atomically. Requests in flight finish on the gateway they started with.
+// A bad config is refused and the old one keeps serving (SPEC §5).
+func (a *app) reload(path string) {
+	cfg, err := config.Load(path)
+	var gw *proxy.Gateway
+	if err == nil {
+		gw, err = a.build(cfg)
+	}
+	if err != nil {
+		a.metrics.ConfigReloads.WithLabelValues("failure").Inc()
+		a.metrics.ConfigLastReloadOK.Set(0)
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				a.log.Error("config reload refused", "field", e.Path, "error", e.Msg)
+			}
+		} else {
+			a.log.Error("config reload refused", "error", err.Error())
+		}
+		return
+	}
+	old := a.cfg.Load()
+	if cfg.Server.Listen != old.Server.Listen || cfg.Admin.Listen != old.Admin.Listen {
+		a.log.Warn("listen addresses do not change on reload; restart to apply",
+			"server.listen", cfg.Server.Listen, "admin.listen", cfg.Admin.Listen)
+	}
+	a.level.Set(parseLevel(cfg.Log.Level))
+	a.cfg.Store(cfg)
+	prev := a.current.Swap(gw)
+	prev.Close()
+	a.metrics.ConfigReloads.WithLabelValues("success").Inc()
+	a.metrics.ConfigLastReloadOK.Set(1)
+	a.log.Info("config reloaded", "routes", len(cfg.Routes))
+}
+
+func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
+	a := &app{level: new(slog.LevelVar)}
+	a.log = newLogger(stdout, cfg.Log, a.level)
+	reg := prometheus.NewRegistry()
+	a.metrics = metrics.New(reg, buildVersion())
+	a.store = ratelimit.NewMemory(0)
+	defer a.store.Close()
+	gw, err := a.build(cfg)
+	if err != nil {
+		return err
+	}
+	a.current.Store(gw)
+	a.cfg.Store(cfg)
+
+	var upstream *http.Server
+	if demo {
+		if upstream, err = startDemoUpstream(cfg.Upstream.URL, a.log); err != nil {
+			return err
+		}
+		defer upstream.Close()
+	}
+
+	pub := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			a.current.Load().ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+		IdleTimeout:       cfg.Server.IdleTimeout.D(),
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	admin := &http.Server{
+		Handler:           a.adminHandler(reg),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          pub.ErrorLog,
+	}
+	pubLn, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("server.listen: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		pubLn.Close()
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- pub.Serve(pubLn) }()
+	go func() { errc <- admin.Serve(adminLn) }()
+	a.ready.Store(true)
+	a.log.Info("deskgate started",
+		"version", buildVersion(),
+		"listen", pubLn.Addr().String(),
+		"admin", adminLn.Addr().String(),
+		"upstream", cfg.Upstream.URL,
+		"routes", len(cfg.Routes),
+		"rate_limit_store", "memory")
+
+	for {
+		select {
+		case <-hup:
+			a.reload(path)
+			continue
+		case err := <-errc:
+			return fmt.Errorf("listener stopped: %w", err)
+		case <-ctx.Done():
+		}
+		break
+	}
+
+	// Shutdown (SPEC §5): not ready at once, stop accepting, let requests
+	// in flight finish within shutdown_timeout.
+	a.ready.Store(false)
+	timeout := a.cfg.Load().Server.ShutdownTimeout.D()
+	a.log.Info("shutting down", "timeout", timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err = pub.Shutdown(sctx)
+	_ = admin.Shutdown(sctx)
+	a.current.Load().Close()
+	if err != nil {
+		a.log.Warn("shutdown timed out; remaining connections closed", "error", err.Error())
+		_ = pub.Close()
+	}
+	a.log.Info("stopped")
+	return nil
+}
+
+func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		Registry:          reg,
+		EnableOpenMetrics: true,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !a.ready.Load() || a.current.Load() == nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// startDemoUpstream serves the example SupportDesk API on the host and
+// port of upstream (quick start only).
+func startDemoUpstream(upstream string, log *slog.Logger) (*http.Server, error) {
+	u, err := url.Parse(upstream)
+	if err != nil || u.Scheme != "http" {
+		return nil, fmt.Errorf("demo: upstream.url must be an http:// URL to serve the example upstream on, got %q", upstream)
+	}
+	ln, err := net.Listen("tcp", u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("demo: serving the example upstream on %s: %w", u.Host, err)
+	}
+	srv := &http.Server{Handler: supportdesk.New(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("example SupportDesk upstream started", "listen", ln.Addr().String())
+	return srv, nil
+}

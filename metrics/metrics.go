@@ -1,0 +1,224 @@
+// Package metrics defines every Prometheus collector of SPEC §6 with its
+// exact name, type and labels, registered on a caller's Registerer so that
+// tests can use a fresh registry each.
+//
+// Labels never hold a raw path, an API key or an app id: `route` is the
+// configured pattern or "unmatched", and `method` is one of the standard
+// methods or "OTHER", so a client cannot grow the series count.
+package metrics
+
+import (
+	"runtime"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Unmatched is the route label of a request that matched no route.
+const Unmatched = "unmatched"
+
+// Metrics holds every collector of SPEC §6.
+type Metrics struct {
+	Requests             *prometheus.CounterVec
+	Rejections           *prometheus.CounterVec
+	RequestDuration      *prometheus.HistogramVec
+	UpstreamDuration     *prometheus.HistogramVec
+	UpstreamErrors       *prometheus.CounterVec
+	Normalized           *prometheus.CounterVec
+	RateLimitDecisions   *prometheus.CounterVec
+	RateLimitStoreErrors prometheus.Counter
+	RateLimitFallback    prometheus.Gauge
+	ConfigReloads        *prometheus.CounterVec
+	ConfigLastReloadOK   prometheus.Gauge
+	BuildInfo            *prometheus.GaugeVec
+}
+
+// Buckets are the classic histogram buckets, in seconds: from a tenth of a
+// millisecond (a rejected request) to 30 s (the default upstream timeout).
+var Buckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+func histogramOpts(name, help string) prometheus.HistogramOpts {
+	return prometheus.HistogramOpts{
+		Name:    name,
+		Help:    help,
+		Buckets: Buckets,
+		// Native histograms alongside the classic buckets, for servers
+		// that scrape them.
+		NativeHistogramBucketFactor:    1.1,
+		NativeHistogramMaxBucketNumber: 160,
+	}
+}
+
+// New creates the collectors and registers them, with the Go and process
+// collectors, on reg. It panics if a name is already registered: that is a
+// wiring bug, found at start-up.
+func New(reg prometheus.Registerer, version string) *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_requests_total",
+			Help: "Requests answered, by route pattern, method and status.",
+		}, []string{"route", "method", "status"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_rejections_total",
+			Help: "Errors deskgate answered itself, by route pattern and business code.",
+		}, []string{"route", "code"}),
+		RequestDuration: prometheus.NewHistogramVec(histogramOpts(
+			"deskgate_request_duration_seconds",
+			"Time from request received to response written, by route pattern and method.",
+		), []string{"route", "method"}),
+		UpstreamDuration: prometheus.NewHistogramVec(histogramOpts(
+			"deskgate_upstream_duration_seconds",
+			"Time from request sent upstream to response headers received, by route pattern.",
+		), []string{"route"}),
+		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_upstream_errors_total",
+			Help: "Upstream failures, by route pattern and kind (connect, timeout, protocol).",
+		}, []string{"route", "kind"}),
+		Normalized: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_normalized_responses_total",
+			Help: "Upstream error responses rewritten into the standard shape, by route pattern and status.",
+		}, []string{"route", "status"}),
+		RateLimitDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_ratelimit_decisions_total",
+			Help: "Rate-limit decisions, by store (redis, memory, local_fallback, local_deny_cache) and result (allowed, denied).",
+		}, []string{"store", "result"}),
+		RateLimitStoreErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_ratelimit_store_errors_total",
+			Help: "Rate-limit store calls that failed or timed out.",
+		}),
+		RateLimitFallback: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "deskgate_ratelimit_fallback_active",
+			Help: "1 while rate limits are decided in process because the shared store is unreachable.",
+		}),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_config_reloads_total",
+			Help: "Configuration reloads, by result (success, failure).",
+		}, []string{"result"}),
+		ConfigLastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "deskgate_config_last_reload_successful",
+			Help: "1 if the last configuration reload succeeded, 0 if it was refused.",
+		}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "deskgate_build_info",
+			Help: "Always 1; the labels name the build.",
+		}, []string{"version", "goversion"}),
+	}
+	reg.MustRegister(
+		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
+		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
+		m.RateLimitStoreErrors, m.RateLimitFallback, m.ConfigReloads,
+		m.ConfigLastReloadOK, m.BuildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+	m.ConfigLastReloadOK.Set(1)
+	for _, r := range []string{"success", "failure"} {
+		m.ConfigReloads.WithLabelValues(r)
+	}
+	return m
+}
+
+// Methods are the method label values; any other method counts as "OTHER".
+var Methods = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER"}
+
+// MethodIndex returns the index in [Methods] of method.
+func MethodIndex(method string) int {
+	for i, m := range Methods[:len(Methods)-1] {
+		if m == method {
+			return i
+		}
+	}
+	return len(Methods) - 1
+}
+
+// statusText memoizes the status label values.
+var statusText = func() (s [600]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+// StatusText returns the label value of an HTTP status.
+func StatusText(code int) string {
+	if code >= 0 && code < len(statusText) {
+		return statusText[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// Route holds the children of one route's series, built when the config
+// loads so that the request path does no label hashing in the common case.
+type Route struct {
+	m        *Metrics
+	name     string
+	duration [len(Methods)]prometheus.Observer
+	upstream prometheus.Observer
+	rejects  map[string]prometheus.Counter
+	// requests caches the requests_total child per method and status.
+	requests [len(Methods)][600]atomic.Pointer[prometheus.Counter]
+}
+
+// ForRoute returns the children of route (a pattern or [Unmatched]). The
+// rejection series of codes are created at zero, so that dashboards can
+// rate() them from the first scrape.
+func (m *Metrics) ForRoute(route string, codes []string) *Route {
+	r := &Route{
+		m:        m,
+		name:     route,
+		upstream: m.UpstreamDuration.WithLabelValues(route),
+		rejects:  make(map[string]prometheus.Counter, len(codes)),
+	}
+	for _, c := range codes {
+		r.rejects[c] = m.Rejections.WithLabelValues(route, c)
+	}
+	for i, meth := range Methods {
+		r.duration[i] = m.RequestDuration.WithLabelValues(route, meth)
+	}
+	return r
+}
+
+// Name returns the route label.
+func (r *Route) Name() string { return r.name }
+
+// Observe counts one answered request and its duration in seconds.
+func (r *Route) Observe(method string, status int, seconds float64) {
+	mi := MethodIndex(method)
+	r.duration[mi].Observe(seconds)
+	if status < 0 || status >= 600 {
+		r.m.Requests.WithLabelValues(r.name, Methods[mi], StatusText(status)).Inc()
+		return
+	}
+	slot := &r.requests[mi][status]
+	c := slot.Load()
+	if c == nil {
+		cc := r.m.Requests.WithLabelValues(r.name, Methods[mi], StatusText(status))
+		c = &cc
+		slot.Store(c)
+	}
+	(*c).Inc()
+}
+
+// Reject counts one error deskgate answered itself.
+func (r *Route) Reject(code string) {
+	if c, ok := r.rejects[code]; ok {
+		c.Inc()
+		return
+	}
+	r.m.Rejections.WithLabelValues(r.name, code).Inc()
+}
+
+// Upstream observes the time to the upstream's response headers.
+func (r *Route) Upstream(seconds float64) { r.upstream.Observe(seconds) }
+
+// UpstreamError counts one upstream failure of kind connect, timeout or
+// protocol.
+func (r *Route) UpstreamError(kind string) { r.m.UpstreamErrors.WithLabelValues(r.name, kind).Inc() }
+
+// Normalized counts one rewritten upstream error.
+func (r *Route) Normalized(status int) {
+	r.m.Normalized.WithLabelValues(r.name, StatusText(status)).Inc()
+}

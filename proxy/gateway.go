@@ -1,0 +1,623 @@
+// Package proxy is deskgate's request path: the handler chain that routes a
+// request to its policy, checks its key, applies its rate limit and
+// proxies it with httputil.ReverseProxy, normalising upstream errors on the
+// way back (SPEC §1–§4, §6).
+//
+// A [Gateway] is built from one config and never changes; a reload builds
+// a new one and swaps it in. Everything a request needs — routes, policies,
+// reverse proxies, header values, metric children — is built by [New].
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"path"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/innovartx/deskgate/apierror"
+	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/ratelimit"
+)
+
+// Authenticator checks a request's X-API-Key values against a route
+// policy. The error is nil or one to answer as is.
+type Authenticator interface {
+	Authenticate(ctx context.Context, values []string, p auth.Policy) (auth.Identity, *apierror.Error)
+}
+
+// Limiter decides one request of identity k against policy p. An error
+// means no decision could be made and the request is refused with 503.
+type Limiter interface {
+	Allow(ctx context.Context, p *ratelimit.Policy, k ratelimit.Key) (ratelimit.Decision, error)
+}
+
+// Options are what [New] wires together.
+type Options struct {
+	Config  *config.Config
+	Auth    Authenticator
+	Limiter Limiter
+	Metrics *metrics.Metrics
+	// Logger receives the access log and error lines.
+	Logger *slog.Logger
+	// Transport, when set, replaces the upstream transports built from
+	// the config. Tests use it to inject transport failures.
+	Transport http.RoundTripper
+}
+
+// Gateway is the public handler for one config.
+type Gateway struct {
+	mux       *http.ServeMux
+	catalog   *apierror.Catalog
+	auth      Authenticator
+	limiter   Limiter
+	log       *slog.Logger
+	trusted   []netip.Prefix
+	maxBody   int64
+	fwdKey    bool
+	unmatched *metrics.Route
+	transport []*http.Transport
+}
+
+// route is one compiled route policy.
+type route struct {
+	g       *Gateway
+	pattern string
+	policy  auth.Policy
+	// limit is nil on `rate_limit: false` routes.
+	limit   *bucket
+	keyByIP bool
+	keyBy   string
+	proxy   *httputil.ReverseProxy
+	metrics *metrics.Route
+}
+
+// bucket is one budget: its default policy and, for the global bucket,
+// one per plan.
+type bucket struct {
+	def   *limitPolicy
+	plans map[string]*limitPolicy
+}
+
+func (b *bucket) forPlan(plan string) *limitPolicy {
+	if plan != "" {
+		if p, ok := b.plans[plan]; ok {
+			return p
+		}
+	}
+	return b.def
+}
+
+// limitPolicy is a policy with its RateLimit-Policy header value.
+type limitPolicy struct {
+	p      *ratelimit.Policy
+	header []string
+}
+
+// New builds the gateway for o.Config, which must be valid.
+func New(o Options) (*Gateway, error) {
+	cfg := o.Config
+	catalog, err := apierror.NewCatalog(cfg.Messages)
+	if err != nil {
+		return nil, fmt.Errorf("messages: %w", err)
+	}
+	g := &Gateway{
+		mux:     http.NewServeMux(),
+		catalog: catalog,
+		auth:    o.Auth,
+		limiter: o.Limiter,
+		log:     o.Logger,
+		maxBody: cfg.Server.MaxBodyBytes,
+		fwdKey:  cfg.Auth.ForwardKey,
+	}
+	codes := make([]string, 0, 16)
+	for _, c := range apierror.Own {
+		codes = append(codes, string(c))
+	}
+	g.unmatched = o.Metrics.ForRoute(metrics.Unmatched, codes)
+	for _, s := range cfg.Server.TrustedProxies {
+		p, err := config.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		g.trusted = append(g.trusted, p)
+	}
+
+	global, err := newBucket("global", cfg.RateLimit.Algorithm, cfg.RateLimit.Tiers)
+	if err != nil {
+		return nil, err
+	}
+	for name, plan := range cfg.RateLimit.Plans {
+		lp, err := newLimitPolicy("plan:"+name, cfg.RateLimit.Algorithm, plan.Tiers)
+		if err != nil {
+			return nil, err
+		}
+		if global.plans == nil {
+			global.plans = map[string]*limitPolicy{}
+		}
+		global.plans[name] = lp
+	}
+	buckets := map[string]*bucket{}
+
+	transports := map[time.Duration]http.RoundTripper{}
+	for i, rc := range cfg.Routes {
+		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy}
+		if rt.policy, err = auth.ParsePolicy(rc.Auth); err != nil {
+			return nil, fmt.Errorf("routes[%d].auth: %w", i, err)
+		}
+		rt.keyByIP = rt.policy == auth.None || cfg.RateLimit.KeyBy == "ip"
+		switch {
+		case rc.RateLimit.Disabled:
+		case rc.RateLimit.Bucket == "":
+			rt.limit = global
+		default:
+			b := buckets[rc.RateLimit.Bucket]
+			if b == nil {
+				alg := rc.RateLimit.Algorithm
+				if alg == "" {
+					alg = cfg.RateLimit.Algorithm
+				}
+				tiers := rc.RateLimit.Tiers
+				if len(tiers) == 0 {
+					tiers = cfg.RateLimit.Tiers
+				}
+				if b, err = newBucket("bucket:"+rc.RateLimit.Bucket, alg, tiers); err != nil {
+					return nil, fmt.Errorf("routes[%d].rate_limit: %w", i, err)
+				}
+				buckets[rc.RateLimit.Bucket] = b
+			}
+			rt.limit = b
+		}
+
+		target := cfg.Upstream.URL
+		if rc.Upstream != "" {
+			target = rc.Upstream
+		}
+		u, err := config.ParseUpstream(target)
+		if err != nil {
+			return nil, fmt.Errorf("routes[%d].upstream: %w", i, err)
+		}
+		timeout := cfg.Upstream.Timeout.D()
+		if rc.Timeout > 0 {
+			timeout = rc.Timeout.D()
+		}
+		tr := o.Transport
+		if tr == nil {
+			if tr = transports[timeout]; tr == nil {
+				t := newTransport(cfg.Upstream, timeout)
+				g.transport = append(g.transport, t)
+				transports[timeout] = t
+				tr = t
+			}
+		}
+		rt.metrics = o.Metrics.ForRoute(rc.Pattern, codes)
+		rt.proxy = g.newReverseProxy(rt, u, tr, cfg.Upstream.MaxErrorBodyBytes)
+		if err := config.Register(g.mux, rc.Pattern, rt); err != nil {
+			return nil, fmt.Errorf("routes[%d].pattern: %w", i, err)
+		}
+	}
+	return g, nil
+}
+
+func newBucket(id, alg string, tiers []config.Tier) (*bucket, error) {
+	lp, err := newLimitPolicy(id, alg, tiers)
+	if err != nil {
+		return nil, err
+	}
+	return &bucket{def: lp}, nil
+}
+
+func newLimitPolicy(id, alg string, tiers []config.Tier) (*limitPolicy, error) {
+	a, err := ratelimit.ParseAlgorithm(alg)
+	if err != nil {
+		return nil, err
+	}
+	ts := make([]ratelimit.Tier, len(tiers))
+	items := make([]string, len(tiers))
+	for i, t := range tiers {
+		ts[i] = ratelimit.Tier{Limit: int64(t.Limit), Window: t.Window.D, Name: t.Window.Text}
+		items[i] = strconv.Quote(t.Window.Text) + ";q=" + strconv.Itoa(t.Limit) + ";w=" + strconv.FormatInt(int64(t.Window.D/time.Second), 10)
+	}
+	p, err := ratelimit.NewPolicy(id, a, ts)
+	if err != nil {
+		return nil, err
+	}
+	return &limitPolicy{p: p, header: []string{strings.Join(items, ", ")}}, nil
+}
+
+// Close releases the idle upstream connections of this gateway's
+// transports. Call it once a reload has swapped the gateway out; requests
+// still in flight finish normally.
+func (g *Gateway) Close() {
+	for _, t := range g.transport {
+		t.CloseIdleConnections()
+	}
+}
+
+// Catalog returns the error catalog of this config.
+func (g *Gateway) Catalog() *apierror.Catalog { return g.catalog }
+
+// ServeHTTP is the outermost step of the chain: it observes the request
+// (request id, client address, panic recovery, access log, metrics), then
+// routes it. The order of the inner steps is route, auth, body size, rate
+// limit, proxy (SPEC §1).
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := &state{start: time.Now(), route: g.unmatched}
+	st.w = responseWriter{ResponseWriter: w, st: st}
+	st.requestID = requestID(r.Header)
+	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
+	w.Header()["X-Request-Id"] = []string{st.requestID}
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+
+	defer g.finish(st, r)
+	g.route(st, r)
+}
+
+// finish recovers a panic into 500 INTERNAL_ERROR, then writes the access
+// log line and the request metrics.
+func (g *Gateway) finish(st *state, r *http.Request) {
+	abort := false
+	if v := recover(); v != nil {
+		if v == http.ErrAbortHandler {
+			// ReverseProxy aborts a response whose body it could not
+			// finish copying; the client sees a cut connection.
+			abort = true
+			if st.w.status == 0 {
+				st.w.status = http.StatusBadGateway
+			}
+		} else {
+			g.log.LogAttrs(r.Context(), slog.LevelError, "panic serving request",
+				slog.String("request_id", st.requestID),
+				slog.Any("panic", v),
+				slog.String("stack", string(debug.Stack())))
+			if st.w.status == 0 {
+				g.reply(st, r, apierror.ErrInternal)
+			} else {
+				abort = true
+			}
+		}
+	}
+	g.accessLog(st, r)
+	if abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (g *Gateway) accessLog(st *state, r *http.Request) {
+	status := st.w.status
+	if st.canceled {
+		status = 499 // client closed the request: not a 5xx of ours
+	}
+	elapsed := time.Since(st.start)
+	st.route.Observe(r.Method, status, elapsed.Seconds())
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	ctx := r.Context()
+	if !g.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 16)
+	attrs = append(attrs,
+		slog.String("request_id", st.requestID),
+		slog.String("method", r.Method),
+		slog.String("route", st.route.Name()),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+	)
+	if st.code != "" {
+		attrs = append(attrs, slog.String("code", string(st.code)))
+	}
+	attrs = append(attrs,
+		slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+	)
+	if st.upstream > 0 {
+		attrs = append(attrs, slog.Float64("upstream_ms", float64(st.upstream.Microseconds())/1000))
+	}
+	if st.appID != "" {
+		attrs = append(attrs, slog.String("app_id", st.appID))
+	}
+	if st.keyPrefix != "" {
+		attrs = append(attrs, slog.String("key_prefix", st.keyPrefix))
+	}
+	if st.clientIP.IsValid() {
+		attrs = append(attrs, slog.String("client_ip", st.clientIP.String()))
+	}
+	attrs = append(attrs, slog.Int64("bytes_out", st.w.written))
+	if st.cause != nil {
+		attrs = append(attrs, slog.String("error", st.cause.Error()))
+	}
+	g.log.LogAttrs(ctx, level, "request", attrs...)
+}
+
+// reply answers e in the standard shape and counts it as a rejection.
+func (g *Gateway) reply(st *state, r *http.Request, e *apierror.Error) {
+	st.code = e.Code
+	if e.Cause != nil {
+		st.cause = e.Cause
+	}
+	st.route.Reject(string(e.Code))
+	g.catalog.Write(&st.w, r, e)
+}
+
+// route finds the request's route policy. ServeMux answers 404, 405 and
+// redirects with text of its own; deskgate answers them in the standard
+// shape instead.
+func (g *Gateway) route(st *state, r *http.Request) {
+	// Judge and forward one and the same path: the cleaned one.
+	if p := cleanPath(r.URL.Path); p != r.URL.Path {
+		r.URL.Path, r.URL.RawPath = p, ""
+	}
+	h, pattern := g.mux.Handler(r)
+	if rt, ok := h.(*route); ok {
+		st.route = rt.metrics
+		rt.serve(st, r)
+		return
+	}
+	if pattern == "" {
+		// No route: ask the mux's own handler whether it is 404 or 405,
+		// and which methods the path allows.
+		var c captureWriter
+		h.ServeHTTP(&c, r)
+		if c.status == http.StatusMethodNotAllowed {
+			if allow := c.header.Get("Allow"); allow != "" {
+				st.w.Header().Set("Allow", allow)
+			}
+			g.reply(st, r, apierror.ErrMethodNotAllowed)
+			return
+		}
+	}
+	// No route, or a redirect to a path with a trailing slash: a gateway
+	// does not redirect on the upstream's behalf.
+	g.reply(st, r, apierror.ErrNotFound)
+}
+
+// cleanPath is path.Clean that keeps a trailing slash, as ServeMux does.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// captureWriter records what ServeMux's fallback handlers would answer.
+type captureWriter struct {
+	header http.Header
+	status int
+}
+
+func (c *captureWriter) Header() http.Header {
+	if c.header == nil {
+		c.header = http.Header{}
+	}
+	return c.header
+}
+func (c *captureWriter) WriteHeader(code int)        { c.status = code }
+func (c *captureWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// ServeHTTP lets a route stand in ServeMux; the gateway calls serve.
+func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if st := stateOf(r.Context()); st != nil {
+		rt.serve(st, r)
+		return
+	}
+	rt.g.ServeHTTP(w, r)
+}
+
+// serve runs auth, the body-size check and the rate limit, then proxies.
+func (rt *route) serve(st *state, r *http.Request) {
+	g := rt.g
+	h := r.Header
+	st.keyPrefix = auth.DisplayPrefix(headerValue(h, "X-Api-Key"))
+	id, aerr := g.auth.Authenticate(r.Context(), h["X-Api-Key"], rt.policy)
+	if aerr != nil {
+		g.reply(st, r, aerr)
+		return
+	}
+	st.appID = id.AppID
+
+	if r.ContentLength > g.maxBody {
+		g.reply(st, r, apierror.ErrPayloadTooLarge)
+		return
+	}
+
+	if rt.limit != nil && !rt.rateLimit(st, r, id) {
+		return
+	}
+
+	// Headers for the upstream (SPEC §3). The client's copies of the
+	// identity headers are never trusted.
+	delete(h, "X-App-Id")
+	delete(h, "X-Api-Key-Type")
+	if id.Key.Type != 0 {
+		h["X-Api-Key-Type"] = []string{id.Key.Type.String()}
+		if !g.fwdKey {
+			delete(h, "X-Api-Key")
+		}
+	}
+	if id.AppID != "" {
+		h["X-App-Id"] = []string{id.AppID}
+	}
+	h["X-Request-Id"] = []string{st.requestID}
+	if !st.trusted {
+		// Forwarding headers from an untrusted peer are lies until
+		// proven otherwise; Rewrite sets ours.
+		delete(h, "X-Forwarded-For")
+		delete(h, "X-Forwarded-Host")
+		delete(h, "X-Forwarded-Proto")
+		delete(h, "Forwarded")
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
+	}
+	st.proxyStart = time.Now()
+	rt.proxy.ServeHTTP(&st.w, r)
+}
+
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// rateLimit applies the route's budget and sets the RateLimit headers. It
+// reports whether the request may go on; if not, it has answered.
+func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) bool {
+	g := rt.g
+	lp := rt.limit.forPlan(id.Plan)
+	var k ratelimit.Key
+	switch {
+	case rt.keyByIP:
+		k = ratelimit.KeyFromAddr(st.clientIP)
+	case id.AppID != "" && rt.keyBy == "app":
+		k = ratelimit.KeyFromApp(id.AppID)
+	default:
+		k = ratelimit.KeyFromHash(id.Key.Hash)
+	}
+	d, err := g.limiter.Allow(r.Context(), lp.p, k)
+	if err != nil {
+		g.reply(st, r, apierror.New(apierror.ServiceUnavailable, fmt.Errorf("rate limit: %w", err)))
+		return false
+	}
+	h := st.w.Header()
+	h["Ratelimit-Policy"] = lp.header
+	tier := lp.p.Tiers[d.Tier]
+	var buf [64]byte
+	h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
+	if d.Allowed {
+		return true
+	}
+	secs := retrySeconds(d.Reset)
+	h["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
+	details := make([]byte, 0, 80)
+	details = append(details, `{"limit":`...)
+	details = strconv.AppendInt(details, tier.Limit, 10)
+	details = append(details, `,"window_seconds":`...)
+	details = strconv.AppendInt(details, int64(tier.Window/time.Second), 10)
+	details = append(details, `,"retry_after_seconds":`...)
+	details = strconv.AppendInt(details, secs, 10)
+	details = append(details, '}')
+	g.reply(st, r, &apierror.Error{Code: apierror.TooManyRequests, Details: details})
+	return false
+}
+
+// appendRateLimit appends the RateLimit field value of d's tier:
+// `"1s";r=2;t=1`.
+func appendRateLimit(b []byte, t ratelimit.Tier, d ratelimit.Decision) []byte {
+	b = append(b, '"')
+	b = append(b, t.Name...)
+	b = append(b, `";r=`...)
+	b = strconv.AppendInt(b, d.Remaining, 10)
+	b = append(b, ";t="...)
+	return strconv.AppendInt(b, ceilSeconds(d.Reset), 10)
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// retrySeconds is Retry-After: whole seconds, rounded up, at least 1.
+func retrySeconds(d time.Duration) int64 { return max(1, ceilSeconds(d)) }
+
+// newTransport returns a transport sized for a gateway: a deep keep-alive
+// pool per upstream host instead of the default two idle connections, and
+// the route's timeout on the response headers.
+func newTransport(u config.Upstream, headerTimeout time.Duration) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 0 // no global cap; the per-host one applies
+	t.MaxIdleConnsPerHost = u.MaxIdleConnsPerHost
+	t.IdleConnTimeout = 90 * time.Second
+	t.ResponseHeaderTimeout = headerTimeout
+	// Pass the client's Accept-Encoding through and never decode on its
+	// behalf: responses stream as the upstream sent them.
+	t.DisableCompression = true
+	return t
+}
+
+var bufferPool = &bytePool{}
+
+// bytePool is the httputil.BufferPool of every reverse proxy: 32 KiB
+// copy buffers, reused.
+type bytePool struct{ p sync.Pool }
+
+func (b *bytePool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bytePool) Put(buf []byte) { b.p.Put(&buf) }
+
+func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripper, maxErrBody int64) *httputil.ReverseProxy {
+	n := &normalizer{g: g, rt: rt, max: maxErrBody}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.SetXForwarded()
+			// From a trusted proxy, keep the original host and scheme.
+			if v := pr.In.Header["X-Forwarded-Host"]; len(v) > 0 {
+				pr.Out.Header["X-Forwarded-Host"] = v
+			}
+			if v := pr.In.Header["X-Forwarded-Proto"]; len(v) > 0 {
+				pr.Out.Header["X-Forwarded-Proto"] = v
+			}
+		},
+		Transport:      tr,
+		BufferPool:     bufferPool,
+		ModifyResponse: n.modify,
+		ErrorHandler:   g.proxyError,
+		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// proxyError answers a failed upstream exchange (SPEC §1): 413 for a body
+// over the limit, 504 for a timeout, 502 for anything else. A client that
+// went away gets nothing and is logged as 499.
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st := stateOf(r.Context())
+	if st == nil {
+		g.catalog.Write(w, r, apierror.ErrBadGateway)
+		return
+	}
+	if r.Context().Err() != nil {
+		st.canceled = true
+		st.cause = err
+		return
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		g.reply(st, r, apierror.New(apierror.PayloadTooLarge, err))
+		return
+	}
+	kind := upstreamErrorKind(err)
+	st.route.UpstreamError(kind)
+	if kind == "timeout" {
+		g.reply(st, r, apierror.New(apierror.GatewayTimeout, err))
+		return
+	}
+	g.reply(st, r, apierror.New(apierror.BadGateway, err))
+}
