@@ -247,10 +247,21 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 		"routes", len(cfg.Routes),
 		"rate_limit_store", "memory")
 
+	changed := make(chan struct{}, 1)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go watchFile(wctx, path, time.Second, changed)
+
 	for {
 		select {
 		case <-hup:
 			a.reload(path)
+			continue
+		case <-changed:
+			if a.cfg.Load().WatchConfig {
+				a.log.Info("config file changed; reloading", "path", path)
+				a.reload(path)
+			}
 			continue
 		case err := <-errc:
 			return fmt.Errorf("listener stopped: %w", err)
@@ -314,4 +325,51 @@ func startDemoUpstream(upstream string, log *slog.Logger) (*http.Server, error) 
 	go func() { _ = srv.Serve(ln) }()
 	log.Info("example SupportDesk upstream started", "listen", ln.Addr().String())
 	return srv, nil
+}
+
+// fileStamp identifies a version of a file: a Kubernetes ConfigMap update
+// swaps a symlink (new inode), an editor renames a new file in place (new
+// inode), a plain write changes size or mtime.
+type fileStamp struct {
+	mod   time.Time
+	size  int64
+	inode uint64
+	err   bool
+}
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path) // follows symlinks
+	if err != nil {
+		return fileStamp{err: true}
+	}
+	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.inode = sys.Ino
+	}
+	return st
+}
+
+// watchFile polls path every interval and signals changed when it differs
+// from the last version seen. Polling a stat a second costs nothing and,
+// unlike inotify, survives symlink swaps and renames without re-arming.
+func watchFile(ctx context.Context, path string, every time.Duration, changed chan<- struct{}) {
+	last := stampOf(path)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := stampOf(path)
+		if s == last || s.err {
+			continue // a missing file mid-swap is not a change yet
+		}
+		last = s
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
 }

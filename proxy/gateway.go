@@ -577,6 +577,12 @@ func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripp
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			// SetXForwarded appends to the outbound X-Forwarded-For,
+			// which Rewrite has emptied: restore the inbound one, which
+			// is only still there when the peer is trusted.
+			if v := pr.In.Header["X-Forwarded-For"]; len(v) > 0 {
+				pr.Out.Header["X-Forwarded-For"] = v
+			}
 			pr.SetXForwarded()
 			// From a trusted proxy, keep the original host and scheme.
 			if v := pr.In.Header["X-Forwarded-Host"]; len(v) > 0 {

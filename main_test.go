@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/innovartx/deskgate/config"
+)
+
+// TestCheckConfig guards SPEC §5's -check-config: exit 0 for a valid file,
+// 1 with every error on stderr, each naming its field.
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`
+server: {listen: ":8080", max_body_bytes: -1}
+upstream: {url: "ftp://x"}
+routes:
+  - {pattern: "/a", auth: secret}
+  - {pattern: "/a", auth: maybe}
+colour: blue
+`), 0o600)
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     string
+		stderrHas  []string
+		stderrNone bool
+	}{
+		{"repo config.yaml", []string{"-check-config"}, 0, "config.yaml: configuration is valid (5 routes)\n", nil, true},
+		{"unknown key", []string{"-check-config", "-config", bad}, 1, "", []string{"colour: unknown key"}, false},
+		{"missing file", []string{"-check-config", "-config", filepath.Join(dir, "nope.yaml")}, 1, "", []string{"no such file"}, false},
+		{"bad flag", []string{"-nope"}, 2, "", []string{"flag provided but not defined"}, false},
+		{"version", []string{"-version"}, 0, "deskgate dev go", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(tc.args, &out, &errb)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tc.code, errb.String())
+			}
+			if !strings.HasPrefix(out.String(), tc.stdout) {
+				t.Errorf("stdout %q, want prefix %q", out.String(), tc.stdout)
+			}
+			for _, s := range tc.stderrHas {
+				if !strings.Contains(errb.String(), s) {
+					t.Errorf("stderr lacks %q:\n%s", s, errb.String())
+				}
+			}
+			if tc.stderrNone && errb.Len() != 0 {
+				t.Errorf("stderr %q", errb.String())
+			}
+		})
+	}
+
+	// Every error of the bad file, once the unknown key is fixed, is
+	// reported at once, each with its field path.
+	os.WriteFile(bad, []byte(`
+server: {listen: ":8080", max_body_bytes: -1}
+upstream: {url: "ftp://x"}
+routes:
+  - {pattern: "/a", auth: secret}
+  - {pattern: "/a", auth: maybe}
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"-check-config", "-config", bad}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	want := []string{
+		bad + `: server.max_body_bytes: must be positive, got -1`,
+		bad + `: upstream.url: want an http:// or https:// URL, got "ftp://x"`,
+		bad + `: routes[1].pattern: pattern "/a" conflicts with pattern "/a": /a matches the same requests as /a`,
+		bad + `: routes[1].auth: must be secret, public or none, got "maybe"`,
+	}
+	got := strings.Split(strings.TrimSpace(errb.String()), "\n")
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errb.String(), strings.Join(want, "\n"))
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// lockedBuffer collects the process log.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+const serveConfig = `
+server: {listen: "%s", shutdown_timeout: 5s}
+admin: {listen: "%s"}
+upstream: {url: "http://%s"}
+auth: {environments: [live, test]}
+routes:
+  - {pattern: "GET /api/v1/health", auth: none, rate_limit: false}
+  - {pattern: "/api/v1/customers/", auth: %s}
+  - {pattern: "/api/v1/", auth: secret}
+`
+
+// TestServeDemoReloadShutdown runs the whole process in demo mode: the
+// example upstream behind the gateway, a SIGHUP reload that changes a
+// route's policy, a refused bad reload, /readyz, /metrics, and a clean
+// shutdown (SPEC §5, §6).
+func TestServeDemoReloadShutdown(t *testing.T) {
+	pub, adm, up := freeAddr(t), freeAddr(t), freeAddr(t)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	write := func(policy string) {
+		if err := os.WriteFile(path, fmt.Appendf(nil, serveConfig, pub, adm, up, policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("public")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hup := make(chan os.Signal, 1)
+	logs := &lockedBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- serveForTest(ctx, path, hup, logs) }()
+
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(url string, header ...string) (int, string) {
+		req, _ := http.NewRequest("GET", url, nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get("http://" + adm + "/readyz"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 10s; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := get("http://" + adm + "/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	pk := "pk_test_AbCdEfGhIjKlMnOpQrStUvWx"
+	if code, body := get("http://"+pub+"/api/v1/customers/cus_acme", "X-API-Key", pk); code != 200 || !strings.Contains(body, "ACME SARL") {
+		t.Fatalf("public route with pk key: %d %s", code, body)
+	}
+
+	write("secret")
+	hup <- nil
+	waitFor(t, logs, `"msg":"config reloaded"`)
+	if code, body := get("http://"+pub+"/api/v1/customers/cus_acme", "X-API-Key", pk); code != 403 || !strings.Contains(body, "AUTH_API_KEY_FORBIDDEN") {
+		t.Fatalf("after reload to secret: %d %s", code, body)
+	}
+
+	os.WriteFile(path, []byte("routes: [{pattern: '/x', auth: nope}]\n"), 0o600)
+	hup <- nil
+	waitFor(t, logs, `"msg":"config reload refused"`)
+	if code, _ := get("http://"+pub+"/api/v1/customers/cus_acme", "X-API-Key", pk); code != 403 {
+		t.Fatalf("after a refused reload the old config should serve: %d", code)
+	}
+	_, metrics := get("http://" + adm + "/metrics")
+	for _, want := range []string{
+		`deskgate_config_reloads_total{result="success"} 1`,
+		`deskgate_config_reloads_total{result="failure"} 1`,
+		`deskgate_config_last_reload_successful 0`,
+		`deskgate_build_info{goversion="go`,
+		`deskgate_requests_total{method="GET",route="/api/v1/customers/",status="403"} 2`,
+		`deskgate_rejections_total{code="AUTH_API_KEY_FORBIDDEN",route="/api/v1/customers/"} 2`,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if !strings.Contains(logs.String(), `"field":"routes[0].auth"`) {
+		t.Errorf("refused reload does not name the field:\n%s", logs.String())
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d; log:\n%s", code, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit 10s after shutdown")
+	}
+	if code, _ := get("http://" + adm + "/readyz"); code == 200 {
+		t.Error("/readyz still 200 after shutdown")
+	}
+}
+
+// serveForTest is run after its flags: load, then serve in demo mode
+// until ctx ends.
+func serveForTest(ctx context.Context, path string, hup <-chan os.Signal, w io.Writer) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(w, err)
+		return 1
+	}
+	if err := serve(ctx, cfg, path, true, hup, w); err != nil {
+		fmt.Fprintln(w, err)
+		return 1
+	}
+	return 0
+}
+
+func waitFor(t *testing.T, logs *lockedBuffer, s string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(logs.String(), s) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the log:\n%s", s, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWatchConfig guards `watch_config: true` (SPEC §5): a change of the
+// file reloads it, including the way Kubernetes updates a ConfigMap (a
+// symlink swapped to a new directory).
+func TestWatchConfig(t *testing.T) {
+	pub, adm, up := freeAddr(t), freeAddr(t), freeAddr(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	writeVersion := func(name, policy string) {
+		d := filepath.Join(dir, name)
+		os.Mkdir(d, 0o700)
+		body := fmt.Sprintf(serveConfig, pub, adm, up, policy) + "watch_config: true\n"
+		if err := os.WriteFile(filepath.Join(d, "config.yaml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "config.yaml.tmp")
+		os.Remove(tmp)
+		if err := os.Symlink(filepath.Join(d, "config.yaml"), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil { // atomic swap
+			t.Fatal(err)
+		}
+	}
+	writeVersion("v1", "public")
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &lockedBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- serveForTest(ctx, path, nil, logs) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, logs, `"msg":"deskgate started"`)
+	writeVersion("v2", "secret")
+	waitFor(t, logs, `"msg":"config reloaded"`)
+	req, _ := http.NewRequest("GET", "http://"+pub+"/api/v1/customers/cus_acme", nil)
+	req.Header.Set("X-API-Key", "pk_test_AbCdEfGhIjKlMnOpQrStUvWx")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 403 {
+		t.Fatalf("after the watched change: %d, want 403", res.StatusCode)
+	}
+}

@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/innovartx/deskgate/apierror"
+	"github.com/innovartx/deskgate/metrics"
+)
+
+// FuzzRequestID guards SPEC §6: a client X-Request-Id is echoed if and
+// only if it is 1–128 visible ASCII characters; otherwise the id is 32
+// generated hex digits.
+func FuzzRequestID(f *testing.F) {
+	for _, s := range []string{"", "abc", "a b", "réq", strings.Repeat("x", 128), strings.Repeat("x", 129), "\x7f", "!~", "id\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		valid := len(s) >= 1 && len(s) <= 128
+		for i := 0; i < len(s); i++ {
+			if s[i] < '!' || s[i] > '~' {
+				valid = false
+			}
+		}
+		got := requestID(http.Header{"X-Request-Id": {s}})
+		if valid && got != s {
+			t.Fatalf("valid id %q replaced by %q", s, got)
+		}
+		if !valid && !hexID.MatchString(got) {
+			t.Fatalf("invalid id %q gave %q, want 32 hex digits", s, got)
+		}
+	})
+}
+
+// FuzzNormalize guards SPEC §2 on the normaliser alone: whatever an
+// upstream error body holds, the client gets the standard shape or the
+// body itself (only when it conforms and the status is below 500).
+func FuzzNormalize(f *testing.F) {
+	f.Add(404, []byte(`{"code":"X","message":"y"}`), "")
+	f.Add(500, []byte(`<html>panic</html>`), "")
+	f.Add(400, []byte(`{"code":1}`), "gzip")
+	f.Add(429, []byte{}, "deflate")
+	h := newNormalizeHarness(f)
+	f.Fuzz(func(t *testing.T, status int, body []byte, enc string) {
+		status = 400 + abs(status)%200
+		out, hdr := h.run(status, body, enc)
+		passed := string(out) == string(body) && len(body) > 0
+		if passed {
+			if status >= 500 {
+				t.Fatalf("%d body passed through: %q", status, body)
+			}
+			return
+		}
+		if !apierror.Conforms(out) {
+			t.Fatalf("status %d: output not the standard shape: %q", status, out)
+		}
+		if hdr.Get("Content-Type") != "application/json; charset=utf-8" || hdr.Get("Content-Encoding") != "" {
+			t.Fatalf("headers %v", hdr)
+		}
+	})
+}
+
+func abs(i int) int {
+	if i < 0 {
+		if i == -i { // math.MinInt
+			return 0
+		}
+		return -i
+	}
+	return i
+}
+
+// normalizeHarness runs a route's normaliser on a synthetic response.
+type normalizeHarness struct {
+	n *normalizer
+}
+
+func newNormalizeHarness(t testing.TB) *normalizeHarness {
+	catalog, err := apierror.NewCatalog(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	g := &Gateway{catalog: catalog, log: slog.New(slog.DiscardHandler)}
+	rt := &route{g: g, metrics: m.ForRoute("/", nil)}
+	return &normalizeHarness{n: &normalizer{g: g, rt: rt, max: 1024}}
+}
+
+func (h *normalizeHarness) run(status int, body []byte, enc string) ([]byte, http.Header) {
+	req, _ := http.NewRequest("GET", "http://upstream/x", nil)
+	res := &http.Response{
+		StatusCode:    status,
+		Header:        http.Header{},
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       req,
+	}
+	if enc != "" {
+		res.Header.Set("Content-Encoding", enc)
+	}
+	if err := h.n.modify(res); err != nil {
+		panic(err)
+	}
+	out, _ := io.ReadAll(res.Body)
+	return out, res.Header
+}
