@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"sync/atomic"
@@ -134,7 +135,7 @@ type app struct {
 	log     *slog.Logger
 	level   *slog.LevelVar
 	metrics *metrics.Metrics
-	store   *ratelimit.Memory
+	limiter *ratelimit.Limiter
 	current atomic.Pointer[proxy.Gateway]
 	cfg     atomic.Pointer[config.Config]
 	ready   atomic.Bool
@@ -148,7 +149,7 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 	return proxy.New(proxy.Options{
 		Config:  cfg,
 		Auth:    authn,
-		Limiter: a.store,
+		Limiter: a.limiter,
 		Metrics: a.metrics,
 		Logger:  a.log,
 	})
@@ -181,6 +182,9 @@ func (a *app) reload(path string) {
 		a.log.Warn("listen addresses do not change on reload; restart to apply",
 			"server.listen", cfg.Server.Listen, "admin.listen", cfg.Admin.Listen)
 	}
+	if !reflect.DeepEqual(cfg.Redis, old.Redis) {
+		a.log.Warn("redis settings do not change on reload; restart to apply")
+	}
 	a.level.Set(parseLevel(cfg.Log.Level))
 	a.cfg.Store(cfg)
 	prev := a.current.Swap(gw)
@@ -195,8 +199,12 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	a.log = newLogger(stdout, cfg.Log, a.level)
 	reg := prometheus.NewRegistry()
 	a.metrics = metrics.New(reg, buildVersion())
-	a.store = ratelimit.NewMemory(0)
-	defer a.store.Close()
+	limiter, err := newLimiter(cfg.Redis, a.metrics, a.log)
+	if err != nil {
+		return err
+	}
+	a.limiter = limiter
+	defer limiter.Close()
 	gw, err := a.build(cfg)
 	if err != nil {
 		return err
@@ -245,7 +253,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 		"admin", adminLn.Addr().String(),
 		"upstream", cfg.Upstream.URL,
 		"routes", len(cfg.Routes),
-		"rate_limit_store", "memory")
+		"rate_limit_store", a.limiter.StoreName(),
+		"redis", redisTopology(cfg.Redis))
 
 	changed := make(chan struct{}, 1)
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -308,6 +317,45 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	return mux
+}
+
+// newLimiter builds the rate-limit store of cfg: in process, or Redis with
+// the in-process store as fallback. Redis being down at start-up is not
+// fatal: redis.on_failure applies until it answers.
+func newLimiter(cfg config.Redis, m *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
+	onFailure, err := ratelimit.ParseOnFailure(cfg.OnFailure)
+	if err != nil {
+		return nil, err
+	}
+	o := ratelimit.LimiterOptions{
+		Local:     ratelimit.NewMemory(0),
+		OnFailure: onFailure,
+		Timeout:   cfg.Timeout.D(),
+		Metrics:   m,
+		Logger:    log,
+	}
+	if cfg.Enabled() {
+		ratelimit.SetLogger(log)
+		client, err := ratelimit.NewClient(cfg)
+		if err != nil {
+			return nil, err
+		}
+		o.Redis = ratelimit.NewRedis(client)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := o.Redis.Load(ctx); err != nil {
+			log.Warn("rate-limit store not reachable at start-up; redis.on_failure applies until it is",
+				"on_failure", cfg.OnFailure, "error", err.Error())
+		}
+	}
+	return ratelimit.NewLimiter(o), nil
+}
+
+func redisTopology(cfg config.Redis) string {
+	if !cfg.Enabled() {
+		return "none"
+	}
+	return ratelimit.Describe(cfg)
 }
 
 // startDemoUpstream serves the example SupportDesk API on the host and

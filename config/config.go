@@ -61,12 +61,19 @@ type Upstream struct {
 // Redis is the shared rate-limit store. With neither URL nor Addrs the store
 // is in process.
 type Redis struct {
-	URL        string   `yaml:"url"`
+	// URL is redis://[user:password@]host:port[/db] or rediss:// (TLS).
+	URL string `yaml:"url"`
+	// Addrs are the servers: one, the Cluster seeds (Cluster), or the
+	// sentinels (MasterName).
 	Addrs      []string `yaml:"addrs"`
 	Cluster    bool     `yaml:"cluster"`
 	MasterName string   `yaml:"master_name"`
-	Timeout    Duration `yaml:"timeout"`
-	OnFailure  string   `yaml:"on_failure"`
+	// Username, Password and TLS apply to Addrs; a URL carries its own.
+	Username  string   `yaml:"username"`
+	Password  string   `yaml:"password"`
+	TLS       bool     `yaml:"tls"`
+	Timeout   Duration `yaml:"timeout"`
+	OnFailure string   `yaml:"on_failure"`
 }
 
 // Enabled reports whether a Redis store is configured.

@@ -168,8 +168,11 @@ func (c *Config) validateRedis(errs *Errors) {
 	if !slices.Contains([]string{"local", "allow", "deny"}, r.OnFailure) {
 		errs.add("redis.on_failure", "must be local, allow or deny, got %q", r.OnFailure)
 	}
-	if r.Enabled() {
-		errs.add("redis", "the Redis rate-limit store is not in this build yet; remove redis.url/redis.addrs to use the in-process store")
+	if len(r.Addrs) > 1 && !r.Cluster && r.MasterName == "" {
+		errs.add("redis.addrs", "several addresses need redis.cluster: true (Cluster seeds) or redis.master_name (sentinels)")
+	}
+	if r.URL != "" && (r.Username != "" || r.Password != "" || r.TLS) {
+		errs.add("redis.url", "carries its own user, password and TLS (rediss://); remove redis.username/password/tls")
 	}
 }
 

@@ -496,17 +496,28 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) bool {
 	}
 	d, err := g.limiter.Allow(r.Context(), lp.p, k)
 	if err != nil {
+		if r.Context().Err() != nil {
+			st.canceled = true
+			st.cause = err
+			return false
+		}
 		g.reply(st, r, apierror.New(apierror.ServiceUnavailable, fmt.Errorf("rate limit: %w", err)))
 		return false
 	}
 	h := st.w.Header()
 	h["Ratelimit-Policy"] = lp.header
 	tier := lp.p.Tiers[d.Tier]
-	var buf [64]byte
-	h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
 	if d.Allowed {
+		// A negative Remaining means no store could count (on_failure:
+		// allow): there is no quota to report.
+		if d.Remaining >= 0 {
+			var buf [64]byte
+			h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
+		}
 		return true
 	}
+	var buf [64]byte
+	h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
 	secs := retrySeconds(d.Reset)
 	h["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
 	details := make([]byte, 0, 80)

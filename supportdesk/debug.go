@@ -50,6 +50,9 @@ func (s *Server) debugSlow(w http.ResponseWriter, r *http.Request) {
 	}
 	timer := time.NewTimer(time.Duration(ms) * time.Millisecond)
 	defer timer.Stop()
+	if s.onSlowStart != nil {
+		s.onSlowStart()
+	}
 	select {
 	case <-r.Context().Done():
 		return

@@ -46,6 +46,9 @@ type Server struct {
 	// onSlowExit, when set (by tests), is called as the slow debug handler
 	// returns; completed tells whether the full delay elapsed.
 	onSlowExit func(completed bool)
+	// onSlowStart, when set (by tests), is called as the slow debug
+	// handler starts waiting.
+	onSlowStart func()
 }
 
 // Option configures a [Server] built by [New].

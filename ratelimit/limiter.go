@@ -1,0 +1,339 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/innovartx/deskgate/metrics"
+)
+
+// OnFailure is what the limiter does when Redis cannot decide.
+type OnFailure uint8
+
+// The failure policies of `redis.on_failure`.
+const (
+	// FailLocal decides in process with the same tiers until Redis
+	// answers again.
+	FailLocal OnFailure = iota
+	// FailOpen admits the request.
+	FailOpen
+	// FailClosed refuses it with 503.
+	FailClosed
+)
+
+// ParseOnFailure maps a config value to an OnFailure.
+func ParseOnFailure(s string) (OnFailure, error) {
+	switch s {
+	case "local", "":
+		return FailLocal, nil
+	case "allow":
+		return FailOpen, nil
+	case "deny":
+		return FailClosed, nil
+	}
+	return 0, fmt.Errorf("unknown on_failure %q", s)
+}
+
+// ErrUnavailable is returned when Redis cannot decide and the policy is
+// [FailClosed].
+var ErrUnavailable = errors.New("rate-limit store unavailable")
+
+// Limiter is what the gateway asks: the in-process store alone, or Redis
+// with the local deny cache in front and a failure policy behind. It
+// counts every decision in deskgate_ratelimit_decisions_total.
+type Limiter struct {
+	redis     *Redis
+	local     *Memory
+	deny      *denyCache
+	onFailure OnFailure
+	timeout   time.Duration
+	log       *slog.Logger
+	clock     func() time.Duration
+
+	// healthy is false from a failed Redis call until a health check
+	// succeeds; meanwhile no request waits on Redis.
+	healthy  atomic.Bool
+	checking atomic.Bool
+	every    time.Duration
+
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+
+	decisions   [4][2]prometheus.Counter // [store][allowed]
+	storeErrors prometheus.Counter
+	fallback    prometheus.Gauge
+}
+
+// The store label values of deskgate_ratelimit_decisions_total.
+const (
+	storeRedis = iota
+	storeMemory
+	storeFallback
+	storeDenyCache
+)
+
+var storeNames = [...]string{"redis", "memory", "local_fallback", "local_deny_cache"}
+
+// LimiterOptions configure [NewLimiter].
+type LimiterOptions struct {
+	// Redis is the shared store; nil means in process only.
+	Redis *Redis
+	// Local is the in-process store: the store itself without Redis, the
+	// fallback with it.
+	Local     *Memory
+	OnFailure OnFailure
+	// Timeout bounds each Redis call (redis.timeout).
+	Timeout time.Duration
+	// HealthEvery is the interval of the health check while Redis is
+	// down (1s when zero).
+	HealthEvery time.Duration
+	// DenyCacheSize caps the deny cache's entries (100,000 when zero).
+	DenyCacheSize int
+	Metrics       *metrics.Metrics
+	Logger        *slog.Logger
+	// Clock is a monotonic clock for the deny cache (tests).
+	Clock func() time.Duration
+}
+
+// NewLimiter returns a limiter. Close stops its health checks.
+func NewLimiter(o LimiterOptions) *Limiter {
+	l := &Limiter{
+		redis:     o.Redis,
+		local:     o.Local,
+		onFailure: o.OnFailure,
+		timeout:   o.Timeout,
+		log:       o.Logger,
+		clock:     o.Clock,
+		every:     o.HealthEvery,
+		stop:      make(chan struct{}),
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	if l.clock == nil {
+		start := time.Now()
+		l.clock = func() time.Duration { return time.Since(start) }
+	}
+	if l.every <= 0 {
+		l.every = time.Second
+	}
+	if l.timeout <= 0 {
+		l.timeout = 50 * time.Millisecond
+	}
+	size := o.DenyCacheSize
+	if size <= 0 {
+		size = 100_000
+	}
+	l.deny = newDenyCache(size)
+	l.healthy.Store(true)
+	m := o.Metrics
+	for s, name := range storeNames {
+		l.decisions[s][0] = m.RateLimitDecisions.WithLabelValues(name, "denied")
+		l.decisions[s][1] = m.RateLimitDecisions.WithLabelValues(name, "allowed")
+	}
+	l.storeErrors = m.RateLimitStoreErrors
+	l.fallback = m.RateLimitFallback
+	l.fallback.Set(0)
+	return l
+}
+
+// Close stops the background health check and the local store's sweep.
+func (l *Limiter) Close() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	l.local.Close()
+}
+
+// StoreName names the store for the start-up log.
+func (l *Limiter) StoreName() string {
+	if l.redis == nil {
+		return "memory"
+	}
+	return "redis"
+}
+
+func (l *Limiter) count(store int, d Decision) Decision {
+	if d.Allowed {
+		l.decisions[store][1].Inc()
+	} else {
+		l.decisions[store][0].Inc()
+	}
+	return d
+}
+
+// Allow decides one request of k against p. The only error is
+// [ErrUnavailable], under [FailClosed].
+func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
+	if l.redis == nil {
+		d, _ := l.local.Allow(ctx, p, k)
+		return l.count(storeMemory, d), nil
+	}
+	// SPEC §4: a replica that was told "denied until T" denies locally
+	// until T without asking Redis.
+	now := l.clock()
+	if d, ok := l.deny.get(p, k, now); ok {
+		return l.count(storeDenyCache, d), nil
+	}
+	if !l.healthy.Load() {
+		return l.failed(ctx, p, k)
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.timeout)
+	d, err := l.redis.Allow(cctx, p, k)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			// The client went away: not Redis' fault.
+			return Decision{}, ctx.Err()
+		}
+		l.storeErrors.Inc()
+		l.markDown(err)
+		return l.failed(ctx, p, k)
+	}
+	if !d.Allowed {
+		// now was read before the call, so now+Reset is never later than
+		// Redis' own "admitted again" time: the cache can only deny what
+		// Redis would deny.
+		l.deny.put(p, k, now+d.Reset, d)
+	}
+	return l.count(storeRedis, d), nil
+}
+
+// failed applies the failure policy.
+func (l *Limiter) failed(ctx context.Context, p *Policy, k Key) (Decision, error) {
+	switch l.onFailure {
+	case FailOpen:
+		return l.count(storeFallback, Decision{Allowed: true, Remaining: -1}), nil
+	case FailClosed:
+		return Decision{}, ErrUnavailable
+	}
+	d, _ := l.local.Allow(ctx, p, k)
+	return l.count(storeFallback, d), nil
+}
+
+// markDown switches to the failure policy and starts the health check,
+// once.
+func (l *Limiter) markDown(err error) {
+	if !l.healthy.CompareAndSwap(true, false) {
+		return
+	}
+	l.fallback.Set(1)
+	l.log.Warn("rate-limit store unreachable; applying redis.on_failure",
+		"on_failure", [...]string{"local", "allow", "deny"}[l.onFailure], "error", err.Error())
+	if l.checking.CompareAndSwap(false, true) {
+		l.wg.Add(1)
+		go l.healthLoop()
+	}
+}
+
+// healthLoop pings Redis until it answers, then switches back.
+func (l *Limiter) healthLoop() {
+	defer l.wg.Done()
+	defer l.checking.Store(false)
+	t := time.NewTicker(l.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), max(l.timeout, 500*time.Millisecond))
+		err := l.redis.Ping(ctx)
+		cancel()
+		if err == nil {
+			l.healthy.Store(true)
+			l.fallback.Set(0)
+			l.log.Info("rate-limit store reachable again; back to redis")
+			return
+		}
+	}
+}
+
+// denyCache remembers, per policy and identity, until when Redis said no.
+// It is bounded: past size entries, new denials are not cached (Redis
+// still decides), and expired entries are dropped as they are met and by
+// a sweep when the cache fills.
+type denyCache struct {
+	size   int
+	shards [32]denyShard
+}
+
+type denyKey struct {
+	p *Policy
+	k Key
+}
+
+type denyEntry struct {
+	until time.Duration
+	d     Decision
+}
+
+type denyShard struct {
+	mu sync.Mutex
+	m  map[denyKey]denyEntry
+}
+
+func newDenyCache(size int) *denyCache {
+	c := &denyCache{size: max(1, size/len(denyCache{}.shards))}
+	for i := range c.shards {
+		c.shards[i].m = map[denyKey]denyEntry{}
+	}
+	return c
+}
+
+func (c *denyCache) shard(k Key) *denyShard { return &c.shards[k[1]%uint8(len(c.shards))] }
+
+// get returns the cached denial of k under p, with the wait left.
+func (c *denyCache) get(p *Policy, k Key, now time.Duration) (Decision, bool) {
+	s := c.shard(k)
+	s.mu.Lock()
+	e, ok := s.m[denyKey{p, k}]
+	if ok && e.until <= now {
+		delete(s.m, denyKey{p, k})
+		ok = false
+	}
+	s.mu.Unlock()
+	if !ok {
+		return Decision{}, false
+	}
+	d := e.d
+	d.Reset = e.until - now
+	return d, true
+}
+
+func (c *denyCache) put(p *Policy, k Key, until time.Duration, d Decision) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m) >= c.size {
+		for key, e := range s.m {
+			if e.until <= until-d.Reset { // expired as of the call
+				delete(s.m, key)
+			}
+		}
+		if len(s.m) >= c.size {
+			return
+		}
+	}
+	s.m[denyKey{p, k}] = denyEntry{until: until, d: d}
+}
+
+// len returns the number of cached denials (tests).
+func (c *denyCache) len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
