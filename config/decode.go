@@ -34,9 +34,13 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 		return
 	}
 	if n.Kind == yaml.ScalarNode {
-		expand(n, path, lookup, errs)
+		if !expand(n, path, lookup, errs) {
+			return // reported; checking the unexpanded text would mislead
+		}
 		if n.ShortTag() == "!!null" {
-			return // an empty value keeps the default
+			// An empty value keeps a scalar's default and empties a
+			// list or mapping, as yaml decodes it.
+			return
 		}
 	}
 	for t.Kind() == reflect.Pointer {
@@ -70,8 +74,14 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 			errs.add(path, "want a mapping of keys, got %s", kindName(n))
 			return
 		}
+		seen := make(map[string]bool, len(n.Content)/2)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := n.Content[i].Value
+			if seen[key] {
+				errs.add(join(path, key), "key given twice")
+				continue
+			}
+			seen[key] = true
 			f, ok := fieldByTag(t, key)
 			if !ok {
 				errs.add(join(path, key), "unknown key (valid keys: %s)", strings.Join(tagNames(t), ", "))
@@ -92,16 +102,26 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 			errs.add(path, "want a mapping, got %s", kindName(n))
 			return
 		}
+		seen := make(map[string]bool, len(n.Content)/2)
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			check(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), lookup, errs)
+			key := n.Content[i].Value
+			if seen[key] {
+				errs.add(join(path, key), "key given twice")
+				continue
+			}
+			seen[key] = true
+			check(n.Content[i+1], t.Elem(), join(path, key), lookup, errs)
 		}
 	case reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
 			errs.add(path, "want true or false, got %s", kindName(n))
 		}
 	case reflect.Int, reflect.Int64:
+		var v int64
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
 			errs.add(path, "want an integer, got %s", kindName(n))
+		} else if err := n.Decode(&v); err != nil {
+			errs.add(path, "integer %s out of range", n.Value)
 		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
@@ -111,12 +131,14 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 }
 
 // expand replaces `${NAME}` and `${NAME:-default}` in a scalar with the
-// environment's value. A plain scalar is re-typed after expansion, so that
-// `limit: ${LIMIT}` is an integer; a quoted one stays a string. A `$` not
-// followed by `{` is kept, so passwords with `$` need no escaping.
-func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs *Errors) {
+// environment's value; as in a shell, the default also replaces a variable
+// that is set but empty. A plain scalar is re-typed after expansion, so
+// that `limit: ${LIMIT}` is an integer; a quoted one stays a string. A `$`
+// not followed by `{` is kept, so passwords with `$` need no escaping. It
+// reports whether expansion succeeded.
+func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs *Errors) bool {
 	if !strings.Contains(n.Value, "${") {
-		return
+		return true
 	}
 	var b strings.Builder
 	s := n.Value
@@ -130,23 +152,23 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs 
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
 			errs.add(path, "unterminated ${ in %q", n.Value)
-			return
+			return false
 		}
 		expr := s[i+2 : i+end]
 		name, def, hasDef := strings.Cut(expr, ":-")
 		if !validEnvName(name) {
 			errs.add(path, "invalid environment variable name %q", name)
-			return
+			return false
 		}
 		v, ok := lookup(name)
 		switch {
-		case ok:
+		case ok && (v != "" || !hasDef):
 			b.WriteString(v)
 		case hasDef:
 			b.WriteString(def)
 		default:
 			errs.add(path, "environment variable %s is not set (use ${%s:-default} for a default)", name, name)
-			return
+			return false
 		}
 		s = s[i+end+1:]
 	}
@@ -154,6 +176,7 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs 
 	if n.Style == 0 {
 		n.Tag = "" // let yaml resolve the type of the expanded text
 	}
+	return true
 }
 
 func validEnvName(s string) bool {
