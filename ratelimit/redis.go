@@ -17,49 +17,66 @@ import (
 )
 
 // slidingLogScript decides one request against every tier of a policy in
-// one round trip, atomically (SPEC §4). One sorted set per identity and
-// budget holds the admitted requests' times (µs, from Redis TIME), which
-// serve all tiers at once: a tier of window w counts the entries after
-// now-w. The request is recorded only if every tier admits it.
+// one round trip, atomically (SPEC §4). The admitted requests' times of
+// one identity and budget (µs, from Redis TIME) are one string of
+// fixed-width hex stamps, oldest first, which serves all tiers at once: a
+// tier of window w counts the stamps after now-w, found by binary search.
+// The request is recorded only if every tier admits it. Three commands per
+// decision (TIME, GET, SET) — as many as redis_rate's GCRA — instead of a
+// sorted-set command per tier.
 //
-// KEYS[1]: the set. ARGV[1]: the number of tiers n, then n pairs of limit
-// and window in µs. Reply: {allowed, tier, remaining, reset µs}, with the
-// same meaning as [Decision].
+// As no tier ever holds more than its limit, the string never needs more
+// than the largest limit of stamps ("capacity"); stamps older than the
+// longest window are dropped when the next request is recorded, and the key
+// expires with the longest window.
 //
-// Numbers go to redis.call through string.format('%d'), because Lua's
-// default number formatting (%.14g) would round µs timestamps.
+// KEYS[1]: the log. ARGV: capacity, the number of tiers n, then n pairs of
+// limit and window in µs. Reply: {allowed, tier, remaining, reset µs}, with
+// the meaning of [Decision].
 var slidingLogScript = redis.NewScript(`
+local W = 13
 local key = KEYS[1]
-local n = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local maxw = 0
-for i = 1, n do
-  local w = tonumber(ARGV[2 * i + 1])
-  if w > maxw then maxw = w end
+local s = redis.call('GET', key) or ''
+local size = math.floor(#s / W)
+local function at(i)
+  return tonumber(string.sub(s, i * W + 1, i * W + W), 16)
 end
-redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - maxw))
+if size > 0 then
+  -- A Redis clock stepped back must not free slots early.
+  local last = at(size - 1)
+  if now < last then now = last end
+end
+local function first_after(cutoff)
+  local lo, hi = 0, size
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if at(mid) <= cutoff then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+local maxw = 0
 local blocked = false
 local dtier, dwait = 0, 0
 local rtier, rrem, rreset = 0, -1, 0
 for i = 1, n do
-  local limit = tonumber(ARGV[2 * i])
-  local w = tonumber(ARGV[2 * i + 1])
-  local min = '(' .. string.format('%d', now - w)
-  local count = redis.call('ZCOUNT', key, min, '+inf')
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local w = tonumber(ARGV[2 + 2 * i])
+  if w > maxw then maxw = w end
+  local first = first_after(now - w)
+  local count = size - first
   if count >= limit then
-    local e = redis.call('ZRANGEBYSCORE', key, min, '+inf', 'WITHSCORES', 'LIMIT', count - limit, 1)
-    local wait = tonumber(e[2]) + w - now
+    local wait = at(first + count - limit) + w - now
     if (not blocked) or wait > dwait then
       dtier, dwait = i - 1, wait
     end
     blocked = true
   elseif not blocked then
     local oldest = now
-    if count > 0 then
-      local e = redis.call('ZRANGEBYSCORE', key, min, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      oldest = tonumber(e[2])
-    end
+    if count > 0 then oldest = at(first) end
     local rem = limit - count - 1
     local reset = oldest + w - now
     if rrem < 0 or rem < rrem or (rem == rrem and reset > rreset) then
@@ -70,10 +87,10 @@ end
 if blocked then
   return {0, dtier, 0, dwait}
 end
-local card = redis.call('ZCARD', key)
-local score = string.format('%d', now)
-redis.call('ZADD', key, score, score .. '-' .. card)
-redis.call('PEXPIRE', key, math.ceil(maxw / 1000))
+local drop = first_after(now - maxw)
+if size - drop >= capacity then drop = size - capacity + 1 end
+s = string.sub(s, drop * W + 1) .. string.format('%013x', now)
+redis.call('SET', key, s, 'PX', math.ceil(maxw / 1000))
 return {1, rtier, rrem, rreset}
 `)
 
@@ -131,8 +148,8 @@ func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
 	if p.Algorithm == GCRA {
 		return r.allowGCRA(ctx, p.Tiers[0], key)
 	}
-	args := make([]any, 0, 1+2*len(p.Tiers))
-	args = append(args, len(p.Tiers))
+	args := make([]any, 0, 2+2*len(p.Tiers))
+	args = append(args, p.capacity, len(p.Tiers))
 	for _, t := range p.Tiers {
 		args = append(args, t.Limit, t.Window.Microseconds())
 	}

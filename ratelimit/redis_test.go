@@ -144,9 +144,9 @@ func TestRedisKeys(t *testing.T) {
 	if len(keys) != 1 || keys[0] != want {
 		t.Fatalf("keys %q, want [%s]", keys, want)
 	}
-	members, _ := mr.ZMembers(want)
-	if len(members) != 3 {
-		t.Errorf("%d members after 3 admitted and 2 denied, want 3", len(members))
+	log, _ := mr.Get(want)
+	if len(log) != 3*13 {
+		t.Errorf("log %q: want 3 stamps of 13 hex digits after 3 admitted and 2 denied", log)
 	}
 	if ttl := mr.TTL(want); ttl != time.Minute {
 		t.Errorf("TTL %s, want the longest window, 1m", ttl)
@@ -154,6 +154,32 @@ func TestRedisKeys(t *testing.T) {
 	mini.set(61 * time.Second)
 	if mr.Exists(want) {
 		t.Error("key still there after the longest window")
+	}
+}
+
+// TestRedisLogBounded checks that an identity's log never outgrows the
+// largest limit, however long it stays busy.
+func TestRedisLogBounded(t *testing.T) {
+	mini, mr := miniredisTimed(t)
+	p, _ := NewPolicy("b", SlidingLog, []Tier{{Limit: 5, Window: time.Second, Name: "1s"}, {Limit: 8, Window: 3 * time.Second, Name: "3s"}})
+	admitted := 0
+	for i := range 2000 {
+		mini.set(time.Duration(i) * 150 * ms)
+		d, err := mini.s.Allow(context.Background(), p, stepKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed {
+			admitted++
+		}
+		log, _ := mr.Get(RedisKey(KeyPrefix, "b", stepKey))
+		if len(log) > 8*13 {
+			t.Fatalf("step %d: log of %d stamps, more than the largest limit 8", i, len(log)/13)
+		}
+	}
+	// 8 per 3 s over 300 s.
+	if admitted < 790 || admitted > 801 {
+		t.Errorf("admitted %d over 300s at 8/3s", admitted)
 	}
 }
 
