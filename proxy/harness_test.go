@@ -96,6 +96,8 @@ type harnessOpt struct {
 	env       map[string]string
 	upstream  http.Handler
 	transport http.RoundTripper
+	// limiter replaces the in-process store (e.g. a Redis limiter).
+	limiter Limiter
 	// trustedLoopback makes the test client a trusted proxy.
 	trustedLoopback bool
 }
@@ -143,10 +145,14 @@ func newHarness(t *testing.T, o harnessOpt) *harness {
 		t.Fatal(err)
 	}
 	h.metrics = metrics.New(prometheus.NewRegistry(), "test")
+	var lim Limiter = h.store
+	if o.limiter != nil {
+		lim = o.limiter
+	}
 	h.gateway, err = New(Options{
 		Config:    cfg,
 		Auth:      authn,
-		Limiter:   h.store,
+		Limiter:   lim,
 		Metrics:   h.metrics,
 		Logger:    slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Transport: o.transport,
