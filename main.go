@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
@@ -282,10 +283,13 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	// Shutdown (SPEC §5): not ready at once, stop accepting, let requests
 	// in flight finish within shutdown_timeout.
 	a.ready.Store(false)
-	timeout := a.cfg.Load().Server.ShutdownTimeout.D()
-	a.log.Info("shutting down", "timeout", timeout.String())
+	final := a.cfg.Load().Server
+	timeout := final.ShutdownTimeout.D()
+	a.log.Info("shutting down", "delay", final.ShutdownDelay.D().String(), "timeout", timeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	// Keep accepting while load balancers notice /readyz failing.
+	time.Sleep(final.ShutdownDelay.D())
 	err = pub.Shutdown(sctx)
 	_ = admin.Shutdown(sctx)
 	a.current.Load().Close()
@@ -307,6 +311,13 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	if a.cfg.Load().Admin.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !a.ready.Load() || a.current.Load() == nil {

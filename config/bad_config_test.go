@@ -26,7 +26,7 @@ var badConfigs = map[string][]string{
 		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, routes, watch_config, messages, log)",
 	},
 	"unknown_nested_key": {
-		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, trusted_proxies)",
+		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies)",
 	},
 	"unknown_route_key": {
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout)",

@@ -39,6 +39,10 @@ type Server struct {
 	MaxHeaderBytes    int      `yaml:"max_header_bytes"`
 	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
 	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	// ShutdownDelay is how long the listener keeps accepting after
+	// /readyz starts failing on SIGTERM, for load balancers that need
+	// time to stop sending (0: stop at once).
+	ShutdownDelay Duration `yaml:"shutdown_delay"`
 	// TrustedProxies lists the CIDRs (or single addresses) whose
 	// X-Forwarded-For is believed. Empty means nobody's.
 	TrustedProxies []string `yaml:"trusted_proxies"`
@@ -47,6 +51,8 @@ type Server struct {
 // Admin is the admin listener (/metrics, /healthz, /readyz).
 type Admin struct {
 	Listen string `yaml:"listen"`
+	// Pprof serves /debug/pprof/ on the admin listener.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Upstream is the default upstream of every route.

@@ -57,6 +57,9 @@ func (c *Config) validateServer(errs *Errors) {
 	positive(errs, "server.read_header_timeout", s.ReadHeaderTimeout.D())
 	positive(errs, "server.idle_timeout", s.IdleTimeout.D())
 	positive(errs, "server.shutdown_timeout", s.ShutdownTimeout.D())
+	if s.ShutdownDelay.D() >= s.ShutdownTimeout.D() && s.ShutdownTimeout > 0 {
+		errs.add("server.shutdown_delay", "must be shorter than server.shutdown_timeout (%s)", s.ShutdownTimeout.D())
+	}
 	if s.MaxHeaderBytes < 1024 {
 		errs.add("server.max_header_bytes", "must be at least 1024, got %d", s.MaxHeaderBytes)
 	}
