@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,12 +29,15 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/innovartx/deskgate/auth"
 	"github.com/innovartx/deskgate/config"
@@ -62,6 +66,9 @@ func buildVersion() string {
 
 // run is main with its exit code returned, so that tests can call it.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "hash-key" {
+		return hashKey(os.Stdin, stdout, stderr)
+	}
 	demo := false
 	if len(args) > 0 && args[0] == "demo" {
 		demo, args = true, args[1:]
@@ -103,6 +110,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// hashKey reads one API key on stdin and prints its SHA-256 in hex, the
+// form keys.yaml and the Redis key store hold (SPEC §3). The key never
+// reaches a command line, where shell history and ps would keep it.
+func hashKey(stdin io.Reader, stdout, stderr io.Writer) int {
+	b, err := io.ReadAll(io.LimitReader(stdin, 4096))
+	if err != nil {
+		fmt.Fprintf(stderr, "deskgate hash-key: reading stdin: %v\n", err)
+		return 1
+	}
+	key := strings.TrimSpace(string(b))
+	k, ok := auth.ParseKey(key)
+	if !ok {
+		fmt.Fprintf(stderr, "deskgate hash-key: stdin is not an API key of the form (pk|sk)_(live|test)_<24-128 letters or digits>\n")
+		return 1
+	}
+	fmt.Fprintln(stdout, hex.EncodeToString(k.Hash[:]))
+	return 0
+}
+
 func printConfigError(w io.Writer, path string, err error) {
 	var errs config.Errors
 	if errors.As(err, &errs) {
@@ -137,13 +163,51 @@ type app struct {
 	level   *slog.LevelVar
 	metrics *metrics.Metrics
 	limiter *ratelimit.Limiter
-	current atomic.Pointer[proxy.Gateway]
-	cfg     atomic.Pointer[config.Config]
-	ready   atomic.Bool
+	// redis is the client of redis.*, shared by the limiter and the key
+	// store; nil without Redis.
+	redis        redis.UniversalClient
+	redisTimeout time.Duration
+	keysMu       sync.Mutex
+	keys         *auth.RedisStore
+	keysCfg      config.AuthStoreSettings
+	current      atomic.Pointer[proxy.Gateway]
+	cfg          atomic.Pointer[config.Config]
+	ready        atomic.Bool
+}
+
+// keyStore returns the key store of cfg. The Redis store (and its cache)
+// outlives reloads that keep its settings, so that a reload does not send
+// every key back to Redis.
+func (a *app) keyStore(cfg *config.Config) (auth.KeyStore, error) {
+	switch cfg.Auth.Store {
+	case "file":
+		return auth.NewFileStore(cfg.KeyFile), nil
+	case "redis":
+		if a.redis == nil {
+			return nil, errors.New("auth.store: redis needs the Redis of redis.url/redis.addrs, set at start-up")
+		}
+		a.keysMu.Lock()
+		defer a.keysMu.Unlock()
+		if a.keys == nil || a.keysCfg != cfg.Auth.StoreSettings() {
+			a.keys = auth.NewRedisStore(auth.RedisStoreOptions{
+				Client:  a.redis,
+				Config:  cfg.Auth,
+				Timeout: a.redisTimeout,
+				Logger:  a.log,
+			})
+			a.keysCfg = cfg.Auth.StoreSettings()
+		}
+		return a.keys, nil
+	}
+	return nil, nil
 }
 
 func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
-	authn, err := auth.New(cfg.Auth)
+	store, err := a.keyStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	authn, err := auth.New(cfg.Auth, store)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +264,16 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	a.log = newLogger(stdout, cfg.Log, a.level)
 	reg := prometheus.NewRegistry()
 	a.metrics = metrics.New(reg, buildVersion())
-	limiter, err := newLimiter(cfg.Redis, a.metrics, a.log)
+	var err error
+	if cfg.Redis.Enabled() {
+		ratelimit.SetLogger(a.log)
+		if a.redis, err = ratelimit.NewClient(cfg.Redis); err != nil {
+			return err
+		}
+		defer a.redis.Close()
+		a.redisTimeout = cfg.Redis.Timeout.D()
+	}
+	limiter, err := newLimiter(cfg.Redis, a.redis, a.metrics, a.log)
 	if err != nil {
 		return err
 	}
@@ -260,7 +333,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	changed := make(chan struct{}, 1)
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go watchFile(wctx, path, time.Second, changed)
+	// The config file, and auth.file as the current config names it.
+	go watchFile(wctx, func() string { return path }, time.Second, changed)
+	go watchFile(wctx, func() string { return a.cfg.Load().KeyFilePath }, time.Second, changed)
 
 	for {
 		select {
@@ -333,7 +408,7 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 // newLimiter builds the rate-limit store of cfg: in process, or Redis with
 // the in-process store as fallback. Redis being down at start-up is not
 // fatal: redis.on_failure applies until it answers.
-func newLimiter(cfg config.Redis, m *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
+func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
 	onFailure, err := ratelimit.ParseOnFailure(cfg.OnFailure)
 	if err != nil {
 		return nil, err
@@ -345,12 +420,7 @@ func newLimiter(cfg config.Redis, m *metrics.Metrics, log *slog.Logger) (*rateli
 		Metrics:   m,
 		Logger:    log,
 	}
-	if cfg.Enabled() {
-		ratelimit.SetLogger(log)
-		client, err := ratelimit.NewClient(cfg)
-		if err != nil {
-			return nil, err
-		}
+	if client != nil {
 		o.Redis = ratelimit.NewRedis(client)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -408,11 +478,13 @@ func stampOf(path string) fileStamp {
 	return st
 }
 
-// watchFile polls path every interval and signals changed when it differs
-// from the last version seen. Polling a stat a second costs nothing and,
-// unlike inotify, survives symlink swaps and renames without re-arming.
-func watchFile(ctx context.Context, path string, every time.Duration, changed chan<- struct{}) {
-	last := stampOf(path)
+// watchFile polls the file path() names every interval and signals
+// changed when it differs from the last version seen ("" watches nothing).
+// Polling a stat a second costs nothing and, unlike inotify, survives
+// symlink swaps and renames without re-arming.
+func watchFile(ctx context.Context, path func() string, every time.Duration, changed chan<- struct{}) {
+	name := path()
+	last := stampOf(name)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -421,7 +493,14 @@ func watchFile(ctx context.Context, path string, every time.Duration, changed ch
 			return
 		case <-t.C:
 		}
-		s := stampOf(path)
+		if n := path(); n != name {
+			name, last = n, stampOf(n) // a reload named another file
+			continue
+		}
+		if name == "" {
+			continue
+		}
+		s := stampOf(name)
 		if s == last || s.err {
 			continue // a missing file mid-swap is not a change yet
 		}

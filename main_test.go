@@ -294,3 +294,57 @@ func TestWatchConfig(t *testing.T) {
 		t.Fatalf("after the watched change: %d, want 403", res.StatusCode)
 	}
 }
+
+// TestHashKey guards the operator helper of issue 3: a key on stdin gives
+// the hex SHA-256 that keys.yaml and Redis hold; anything else is refused.
+func TestHashKey(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := hashKey(strings.NewReader("sk_live_0123456789abcdefABCDEF01\n"), &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if got := out.String(); got != "dbc71f5b6dd43be8fa9be1e7baab0ef1bed9cec5c2a2624ed5785452e159d8aa\n" {
+		t.Errorf("hash %q", got)
+	}
+	out.Reset()
+	if code := hashKey(strings.NewReader("not a key"), &out, &errb); code != 1 || out.Len() != 0 {
+		t.Errorf("bad key: exit %d, stdout %q", code, out.String())
+	}
+}
+
+// TestCheckConfigKeyFile guards issue 3's key-file validation through
+// -check-config: every bad entry is named.
+func TestCheckConfigKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte(`
+upstream: {url: "http://127.0.0.1:8081"}
+auth: {store: file, file: keys.yaml}
+routes: [{pattern: "/", auth: secret}]
+`), 0o600)
+	os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte(`
+apps:
+  - id: a
+    keys:
+      - sha256: abc
+      - key: sk_live_short
+      - key: sk_live_0123456789abcdefABCDEF01
+  - id: b
+    plan: gold
+    keys:
+      - sha256: dbc71f5b6dd43be8fa9be1e7baab0ef1bed9cec5c2a2624ed5785452e159d8aa
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"-check-config", "-config", cfg}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{
+		`auth.file: apps[0].keys[0].sha256: want 64 hex digits`,
+		`auth.file: apps[0].keys[1].key: not a valid API key`,
+		`auth.file: apps[1].plan: unknown plan "gold"`,
+		`auth.file: apps[1].keys[0]: the same key as apps[0].keys[2] (app "a")`,
+	} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+}

@@ -167,16 +167,18 @@ type Identity struct {
 // Authenticator checks keys against route policies. It is built per
 // config and safe for concurrent use.
 type Authenticator struct {
-	envs [3]bool // indexed by Env
+	envs  [3]bool // indexed by Env
+	store KeyStore
 }
 
-// New returns an Authenticator for cfg. Only the `none` key store exists
-// in this build: format and type checks, the app unknown to the gateway.
-func New(cfg config.Auth) (*Authenticator, error) {
-	if cfg.Store != "none" {
-		return nil, fmt.Errorf("auth.store %q is not supported by this build", cfg.Store)
+// New returns an Authenticator for cfg with its key store: nil for
+// `auth.store: none` (format and type only; the app is unknown to the
+// gateway), a [FileStore] or a [RedisStore].
+func New(cfg config.Auth, store KeyStore) (*Authenticator, error) {
+	if (cfg.Store == "none") != (store == nil) {
+		return nil, fmt.Errorf("auth.store %q needs a key store to match", cfg.Store)
 	}
-	a := &Authenticator{}
+	a := &Authenticator{store: store}
 	for _, e := range cfg.Environments {
 		switch e {
 		case "live":
@@ -192,8 +194,9 @@ func New(cfg config.Auth) (*Authenticator, error) {
 
 // Authenticate checks the X-API-Key values of a request against p, in the
 // order of SPEC §1: presence, format (and environment), type against the
-// route, then the key store. The returned errors are shared sentinels.
-func (a *Authenticator) Authenticate(_ context.Context, values []string, p Policy) (Identity, *apierror.Error) {
+// route, then the key store. Refusals are shared sentinels; a store that
+// cannot answer gives 503 SERVICE_UNAVAILABLE.
+func (a *Authenticator) Authenticate(ctx context.Context, values []string, p Policy) (Identity, *apierror.Error) {
 	if p == None {
 		return Identity{}, nil
 	}
@@ -211,5 +214,16 @@ func (a *Authenticator) Authenticate(_ context.Context, values []string, p Polic
 	if p == SecretOnly && k.Type != Secret {
 		return Identity{}, apierror.ErrKeyForbidden
 	}
-	return Identity{Key: k}, nil
+	if a.store == nil {
+		return Identity{Key: k}, nil
+	}
+	app, err := a.store.Lookup(ctx, k.Hash)
+	if err != nil {
+		// Never an unauthenticated pass: no answer is 503.
+		return Identity{}, apierror.New(apierror.ServiceUnavailable, err)
+	}
+	if app == nil || !app.Active {
+		return Identity{}, apierror.ErrKeyInvalid
+	}
+	return Identity{Key: k, AppID: app.ID, Plan: app.Plan}, nil
 }

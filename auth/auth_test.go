@@ -166,7 +166,7 @@ func TestDisplayPrefix(t *testing.T) {
 // newAuth builds an Authenticator for the `none` store and envs.
 func newAuth(t *testing.T, envs ...string) *Authenticator {
 	t.Helper()
-	a, err := New(config.Auth{Store: "none", Environments: envs})
+	a, err := New(config.Auth{Store: "none", Environments: envs}, nil)
 	if err != nil {
 		t.Fatalf("New(store none, %v): %v", envs, err)
 	}
@@ -303,26 +303,29 @@ func TestAuthenticateStatuses(t *testing.T) {
 	}
 }
 
-// TestNew guards SPEC §3 auth.store and auth.environments: only the `none`
-// store exists in this build; `file` and `redis` are refused, as is an
-// unknown environment.
+// TestNew guards SPEC §3 auth.store and auth.environments: the store
+// `none` takes no key store, `file` and `redis` need one, and an unknown
+// environment is refused.
 func TestNew(t *testing.T) {
+	fileStore := NewFileStore(nil)
 	tests := []struct {
 		name    string
 		cfg     config.Auth
+		store   KeyStore
 		wantErr bool
 	}{
-		{"store none, live", config.Auth{Store: "none", Environments: []string{"live"}}, false},
-		{"store none, live and test", config.Auth{Store: "none", Environments: []string{"live", "test"}}, false},
-		{"default config", config.Default().Auth, false},
-		{"store file", config.Auth{Store: "file", File: "apps.yaml", Environments: []string{"live"}}, true},
-		{"store redis", config.Auth{Store: "redis", Environments: []string{"live"}}, true},
-		{"store unknown", config.Auth{Store: "ldap", Environments: []string{"live"}}, true},
-		{"unknown environment", config.Auth{Store: "none", Environments: []string{"live", "prod"}}, true},
+		{"store none, live", config.Auth{Store: "none", Environments: []string{"live"}}, nil, false},
+		{"store none, live and test", config.Auth{Store: "none", Environments: []string{"live", "test"}}, nil, false},
+		{"default config", config.Default().Auth, nil, false},
+		{"store none with a key store", config.Auth{Store: "none", Environments: []string{"live"}}, fileStore, true},
+		{"store file", config.Auth{Store: "file", File: "apps.yaml", Environments: []string{"live"}}, fileStore, false},
+		{"store file without its store", config.Auth{Store: "file", File: "apps.yaml", Environments: []string{"live"}}, nil, true},
+		{"store redis without its store", config.Auth{Store: "redis", Environments: []string{"live"}}, nil, true},
+		{"unknown environment", config.Auth{Store: "none", Environments: []string{"live", "prod"}}, nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := New(tt.cfg)
+			a, err := New(tt.cfg, tt.store)
 			if tt.wantErr {
 				if err == nil {
 					t.Errorf("New(%+v) = %v, nil; want an error", tt.cfg, a)

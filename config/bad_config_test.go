@@ -201,7 +201,7 @@ var badConfigs = map[string][]string{
 		`server.trusted_proxies[2]: invalid address or CIDR "proxy.internal"`,
 	},
 	"auth_bad": {
-		`auth.store: "file" is not in this build yet; use none`,
+		`auth.file: required with auth.store: file`,
 		`auth.environments[1]: must be live or test, got "prod"`,
 	},
 

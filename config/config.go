@@ -29,6 +29,12 @@ type Config struct {
 	WatchConfig bool              `yaml:"watch_config"`
 	Messages    map[string]string `yaml:"messages"`
 	Log         Log               `yaml:"log"`
+
+	// KeyFile is auth.file's content, loaded by [Load] when auth.store is
+	// file.
+	KeyFile *KeyFile `yaml:"-"`
+	// KeyFilePath is auth.file resolved against the config's directory.
+	KeyFilePath string `yaml:"-"`
 }
 
 // Server is the public listener.
@@ -92,8 +98,26 @@ type Auth struct {
 	RedisPrefix      string   `yaml:"redis_prefix"`
 	CacheTTL         Duration `yaml:"cache_ttl"`
 	NegativeCacheTTL Duration `yaml:"negative_cache_ttl"`
-	Environments     []string `yaml:"environments"`
-	ForwardKey       bool     `yaml:"forward_key"`
+	// StaleIfError is how long past its TTL a cached lookup may still be
+	// used while Redis cannot answer; past it, 503.
+	StaleIfError Duration `yaml:"stale_if_error"`
+	// CacheSize bounds the lookup cache's entries.
+	CacheSize    int      `yaml:"cache_size"`
+	Environments []string `yaml:"environments"`
+	ForwardKey   bool     `yaml:"forward_key"`
+}
+
+// AuthStoreSettings are the settings of a Redis key store: a reload that
+// keeps them keeps the store and its cache.
+type AuthStoreSettings struct {
+	Prefix                  string
+	TTL, NegativeTTL, Stale Duration
+	CacheSize               int
+}
+
+// StoreSettings returns a's Redis key store settings.
+func (a Auth) StoreSettings() AuthStoreSettings {
+	return AuthStoreSettings{a.RedisPrefix, a.CacheTTL, a.NegativeCacheTTL, a.StaleIfError, a.CacheSize}
 }
 
 // RateLimit is the global limit (SPEC §4).
@@ -248,6 +272,8 @@ func Default() *Config {
 			RedisPrefix:      "deskgate:apikey:",
 			CacheTTL:         Duration(30 * time.Second),
 			NegativeCacheTTL: Duration(5 * time.Second),
+			StaleIfError:     Duration(5 * time.Minute),
+			CacheSize:        100_000,
 			Environments:     []string{"live"},
 			ForwardKey:       true,
 		},
@@ -300,7 +326,17 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	return Parse(data, os.LookupEnv)
+	cfg, err := Parse(data, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Auth.Store == "file" {
+		cfg.KeyFilePath = KeyFilePath(path, cfg.Auth.File)
+		if cfg.KeyFile, err = LoadKeyFile(cfg.KeyFilePath, cfg.RateLimit.Plans); err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
 }
 
 // Parse decodes and validates data, reading `${VAR}` through lookup.

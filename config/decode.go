@@ -15,6 +15,7 @@ var (
 	typeOfWindow         = reflect.TypeFor[Window]()
 	typeOfRouteRateLimit = reflect.TypeFor[RouteRateLimit]()
 	typeOfRouteBlock     = reflect.TypeFor[routeRateLimitBlock]()
+	typeOfKeyFile        = reflect.TypeFor[KeyFile]()
 )
 
 // check walks the YAML tree next to the Go type it will be decoded into. On

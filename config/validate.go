@@ -192,10 +192,22 @@ func (c *Config) validateAuth(errs *Errors) {
 	a := c.Auth
 	switch a.Store {
 	case "none":
-	case "file", "redis":
-		errs.add("auth.store", "%q is not in this build yet; use none", a.Store)
+	case "file":
+		if a.File == "" {
+			errs.add("auth.file", "required with auth.store: file")
+		}
+	case "redis":
+		if !c.Redis.Enabled() {
+			errs.add("auth.store", "redis needs redis.url or redis.addrs")
+		}
+		if a.RedisPrefix == "" {
+			errs.add("auth.redis_prefix", "must not be empty")
+		}
 	default:
 		errs.add("auth.store", "must be none, file or redis, got %q", a.Store)
+	}
+	if a.CacheSize <= 0 {
+		errs.add("auth.cache_size", "must be positive, got %d", a.CacheSize)
 	}
 	if len(a.Environments) == 0 {
 		errs.add("auth.environments", "must list at least one of live, test")

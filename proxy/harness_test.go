@@ -96,6 +96,10 @@ type harnessOpt struct {
 	env       map[string]string
 	upstream  http.Handler
 	transport http.RoundTripper
+	// keyFile is the content of auth.file for auth.store: file.
+	keyFile string
+	// keyStore is the key store of auth.store: redis.
+	keyStore auth.KeyStore
 	// limiter replaces the in-process store (e.g. a Redis limiter).
 	limiter Limiter
 	// trustedLoopback makes the test client a trusted proxy.
@@ -138,9 +142,21 @@ func newHarness(t *testing.T, o harnessOpt) *harness {
 	if o.trustedLoopback {
 		cfg.Server.TrustedProxies = []string{"127.0.0.0/8", "::1"}
 	}
+	if o.keyFile != "" {
+		if cfg.KeyFile, err = config.ParseKeyFile([]byte(o.keyFile), cfg.RateLimit.Plans); err != nil {
+			t.Fatalf("key file: %v", err)
+		}
+	}
 	h.store = ratelimit.NewMemory(time.Hour, ratelimit.WithClock(h.clock.Now))
 	t.Cleanup(func() { h.store.Close() })
-	authn, err := auth.New(cfg.Auth)
+	var store auth.KeyStore
+	switch {
+	case o.keyStore != nil:
+		store = o.keyStore
+	case cfg.Auth.Store == "file":
+		store = auth.NewFileStore(cfg.KeyFile)
+	}
+	authn, err := auth.New(cfg.Auth, store)
 	if err != nil {
 		t.Fatal(err)
 	}
