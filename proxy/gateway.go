@@ -68,6 +68,7 @@ type Gateway struct {
 	fwdKey    bool
 	unmatched *metrics.Route
 	transport []*http.Transport
+	routes    []*route
 }
 
 // route is one compiled route policy.
@@ -206,6 +207,7 @@ func New(o Options) (*Gateway, error) {
 		if err := config.Register(g.mux, rc.Pattern, rt); err != nil {
 			return nil, fmt.Errorf("routes[%d].pattern: %w", i, err)
 		}
+		g.routes = append(g.routes, rt)
 	}
 	return g, nil
 }

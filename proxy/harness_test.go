@@ -78,7 +78,7 @@ type seen struct {
 // harness is an httptest upstream behind a gateway served by an httptest
 // server: real listeners, the real chain, the real in-process store.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	upstream *httptest.Server
 	gw       *httptest.Server
 	gateway  *Gateway
@@ -106,7 +106,7 @@ type harnessOpt struct {
 	trustedLoopback bool
 }
 
-func newHarness(t *testing.T, o harnessOpt) *harness {
+func newHarness(t testing.TB, o harnessOpt) *harness {
 	t.Helper()
 	h := &harness{t: t, clock: &fakeClock{}, logs: &syncBuffer{}}
 	h.clock.Advance(time.Hour)
