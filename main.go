@@ -312,6 +312,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
 	}
+	pubLn = proxy.WrapListener(pubLn, a.current.Load)
 	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		pubLn.Close()

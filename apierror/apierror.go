@@ -35,6 +35,7 @@ const (
 	ServiceUnavailable Code = "SERVICE_UNAVAILABLE"
 	GatewayTimeout     Code = "GATEWAY_TIMEOUT"
 	Internal           Code = "INTERNAL_ERROR"
+	HeadersTooLarge    Code = "REQUEST_HEADERS_TOO_LARGE"
 	Validation         Code = "VALIDATION_ERROR"
 	Forbidden          Code = "FORBIDDEN"
 	Conflict           Code = "CONFLICT"
@@ -59,6 +60,7 @@ var defaults = map[Code]def{
 	ServiceUnavailable: {http.StatusServiceUnavailable, "Service temporairement indisponible"},
 	GatewayTimeout:     {http.StatusGatewayTimeout, "Le service n'a pas répondu à temps"},
 	Internal:           {http.StatusInternalServerError, "Erreur interne du serveur"},
+	HeadersTooLarge:    {http.StatusRequestHeaderFieldsTooLarge, "En-têtes de requête trop volumineux"},
 	Validation:         {http.StatusBadRequest, "Requête invalide"},
 	Forbidden:          {http.StatusForbidden, "Accès refusé"},
 	Conflict:           {http.StatusConflict, "Conflit"},
@@ -81,7 +83,7 @@ func Codes() []Code {
 var Own = []Code{
 	AuthKeyMissing, AuthKeyInvalid, AuthKeyForbidden, TooManyRequests,
 	NotFound, MethodNotAllowed, PayloadTooLarge, BadGateway,
-	ServiceUnavailable, GatewayTimeout, Internal,
+	ServiceUnavailable, GatewayTimeout, Internal, HeadersTooLarge, BadRequest,
 }
 
 // Known reports whether c is one of the codes above.

@@ -35,7 +35,9 @@ var specCodes = []struct {
 	{"VALIDATION_ERROR", 400, "Requête invalide", false},
 	{"FORBIDDEN", 403, "Accès refusé", false},
 	{"CONFLICT", 409, "Conflit", false},
-	{"BAD_REQUEST", 400, "Requête incorrecte", false},
+	{"BAD_REQUEST", 400, "Requête incorrecte", true},
+	// Beyond the SPEC tables, for issue 8: net/http's own 431, shaped.
+	{"REQUEST_HEADERS_TOO_LARGE", 431, "En-têtes de requête trop volumineux", true},
 }
 
 func newCatalog(t *testing.T, overrides map[string]string) *Catalog {
@@ -86,7 +88,8 @@ func TestSpecCodes(t *testing.T) {
 }
 
 // TestCodesComplete guards SPEC §1/§2: the package knows exactly the SPEC's
-// codes, and Own is exactly the §1 table.
+// codes (and the one README-documented addition), and Own is exactly the §1
+// table plus the malformed-request answers (BAD_REQUEST, 431).
 func TestCodesComplete(t *testing.T) {
 	var want, wantOwn []Code
 	for _, c := range specCodes {

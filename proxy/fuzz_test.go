@@ -110,3 +110,33 @@ func (h *normalizeHarness) run(status int, body []byte, enc string) ([]byte, htt
 	out, _ := io.ReadAll(res.Body)
 	return out, res.Header
 }
+
+// FuzzCleanPath guards the path normalisation that routing and the
+// upstream share (issue 8): the result is absolute, has no empty, "." or
+// ".." segment, keeps a trailing slash, and cleaning it again changes
+// nothing.
+func FuzzCleanPath(f *testing.F) {
+	for _, s := range []string{"", "/", "//", "/a/../b", "/a/./b/", "a/b", "/..", "/a//b//", "/a/b/..", "/%2e%2e/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		c := cleanPath(p)
+		if c == "" || c[0] != '/' {
+			t.Fatalf("cleanPath(%q) = %q: not absolute", p, c)
+		}
+		if cleanPath(c) != c {
+			t.Fatalf("cleanPath not idempotent: %q -> %q -> %q", p, c, cleanPath(c))
+		}
+		inner := strings.TrimSuffix(c[1:], "/")
+		if c != "/" {
+			for _, seg := range strings.Split(inner, "/") {
+				if seg == "" || seg == "." || seg == ".." {
+					t.Fatalf("cleanPath(%q) = %q keeps segment %q", p, c, seg)
+				}
+			}
+		}
+		if p != "" && strings.HasSuffix(p, "/") && c != "/" && !strings.HasSuffix(c, "/") {
+			t.Fatalf("cleanPath(%q) = %q lost the trailing slash", p, c)
+		}
+	})
+}

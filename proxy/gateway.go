@@ -260,6 +260,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.requestID = requestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = []string{st.requestID}
+	if len(r.TransferEncoding) > 0 {
+		// Go has already let Transfer-Encoding override any
+		// Content-Length and removed it, but keeps the connection open;
+		// RFC 9112 §6.1 says a server must close it after such a
+		// request, or bytes a front proxy counted as this body may be
+		// read as a smuggled next request. Chunked requests are rare in
+		// APIs: close after every one, whatever the answer.
+		w.Header()["Connection"] = []string{"close"}
+	}
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 
 	defer g.finish(st, r)
@@ -303,6 +312,9 @@ func (g *Gateway) accessLog(st *state, r *http.Request) {
 	}
 	elapsed := time.Since(st.start)
 	st.route.Observe(r.Method, status, elapsed.Seconds())
+	if st.upstream > 0 && !st.ownReply {
+		st.route.Upstream(st.upstream.Seconds())
+	}
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelWarn
@@ -347,6 +359,7 @@ func (g *Gateway) accessLog(st *state, r *http.Request) {
 // reply answers e in the standard shape and counts it as a rejection.
 func (g *Gateway) reply(st *state, r *http.Request, e *apierror.Error) {
 	st.code = e.Code
+	st.ownReply = true
 	if e.Cause != nil {
 		st.cause = e.Cause
 	}
@@ -358,8 +371,12 @@ func (g *Gateway) reply(st *state, r *http.Request, e *apierror.Error) {
 // redirects with text of its own; deskgate answers them in the standard
 // shape instead.
 func (g *Gateway) route(st *state, r *http.Request) {
-	// Judge and forward one and the same path: the cleaned one.
-	if p := cleanPath(r.URL.Path); p != r.URL.Path {
+	// Judge and forward one and the same path: the decoded, cleaned one.
+	// An escaped slash or backslash (%2F, %5C) is decoded too, as
+	// Envoy's UNESCAPE_AND_FORWARD does: ServeMux would keep "a%2Fb" as
+	// one segment while many upstreams split it, and the policy must be
+	// judged on the segments the upstream will see.
+	if p := cleanPath(r.URL.Path); p != r.URL.Path || hasEscapedSlash(r.URL.RawPath) {
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
 	h, pattern := g.mux.Handler(r)
@@ -384,6 +401,16 @@ func (g *Gateway) route(st *state, r *http.Request) {
 	// No route, or a redirect to a path with a trailing slash: a gateway
 	// does not redirect on the upstream's behalf.
 	g.reply(st, r, apierror.ErrNotFound)
+}
+
+// hasEscapedSlash reports whether an escaped path holds %2F or %5C.
+func hasEscapedSlash(raw string) bool {
+	for i := 0; i+2 < len(raw); i++ {
+		if raw[i] == '%' && (raw[i+1] == '2' && (raw[i+2] == 'F' || raw[i+2] == 'f') || raw[i+1] == '5' && (raw[i+2] == 'C' || raw[i+2] == 'c')) {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanPath is path.Clean that keeps a trailing slash, as ServeMux does.

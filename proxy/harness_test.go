@@ -176,7 +176,13 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 	if err != nil {
 		t.Fatalf("gateway: %v", err)
 	}
-	h.gw = httptest.NewServer(h.gateway)
+	// Served as main serves it: the shaping listener and the server
+	// limits from the config.
+	h.gw = httptest.NewUnstartedServer(h.gateway)
+	h.gw.Listener = WrapListener(h.gw.Listener, func() *Gateway { return h.gateway })
+	h.gw.Config.ReadHeaderTimeout = cfg.Server.ReadHeaderTimeout.D()
+	h.gw.Config.MaxHeaderBytes = cfg.Server.MaxHeaderBytes
+	h.gw.Start()
 	t.Cleanup(h.gw.Close)
 	t.Cleanup(h.gateway.Close)
 	return h

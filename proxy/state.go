@@ -35,7 +35,10 @@ type state struct {
 
 	proxyStart time.Time
 	upstream   time.Duration
-	canceled   bool
+	// ownReply is set when deskgate answers an error itself, so that a
+	// failed exchange is not counted as an upstream response time.
+	ownReply bool
+	canceled bool
 }
 
 type stateKey struct{}
