@@ -28,7 +28,12 @@ func FuzzRequestID(f *testing.F) {
 				valid = false
 			}
 		}
-		got := requestID(http.Header{"X-Request-Id": {s}})
+		var st state
+		st.setRequestID(http.Header{"X-Request-Id": {s}})
+		got := st.requestID
+		if st.idHdr[0] != got {
+			t.Fatalf("header value %q, id %q", st.idHdr[0], got)
+		}
 		if valid && got != s {
 			t.Fatalf("valid id %q replaced by %q", s, got)
 		}

@@ -21,7 +21,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/innovartx/deskgate/apierror"
@@ -69,6 +68,10 @@ type Gateway struct {
 	unmatched *metrics.Route
 	transport []*http.Transport
 	routes    []*route
+	cache     routeCache
+	// hostPatterns is set when a pattern names a host, which then takes
+	// part in route lookups.
+	hostPatterns bool
 }
 
 // route is one compiled route policy.
@@ -100,10 +103,12 @@ func (b *bucket) forPlan(plan string) *limitPolicy {
 	return b.def
 }
 
-// limitPolicy is a policy with its RateLimit-Policy header value.
+// limitPolicy is a policy with its RateLimit-Policy header value and
+// the RateLimit values of its tiers.
 type limitPolicy struct {
 	p      *ratelimit.Policy
 	header []string
+	tiers  []*headerCache
 }
 
 // New builds the gateway for o.Config, which must be valid.
@@ -208,6 +213,9 @@ func New(o Options) (*Gateway, error) {
 			return nil, fmt.Errorf("routes[%d].pattern: %w", i, err)
 		}
 		g.routes = append(g.routes, rt)
+		if p := rc.Pattern; !strings.HasPrefix(p[strings.IndexByte(p, ' ')+1:], "/") {
+			g.hostPatterns = true
+		}
 	}
 	return g, nil
 }
@@ -235,7 +243,11 @@ func newLimitPolicy(id, alg string, tiers []config.Tier) (*limitPolicy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &limitPolicy{p: p, header: []string{strings.Join(items, ", ")}}, nil
+	lp := &limitPolicy{p: p, header: []string{strings.Join(items, ", ")}}
+	for _, t := range p.Tiers {
+		lp.tiers = append(lp.tiers, newHeaderCache(t))
+	}
+	return lp, nil
 }
 
 // Close releases the idle upstream connections of this gateway's
@@ -257,9 +269,9 @@ func (g *Gateway) Catalog() *apierror.Catalog { return g.catalog }
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &state{start: time.Now(), route: g.unmatched}
 	st.w = responseWriter{ResponseWriter: w, st: st}
-	st.requestID = requestID(r.Header)
+	st.setRequestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
-	w.Header()["X-Request-Id"] = []string{st.requestID}
+	w.Header()["X-Request-Id"] = st.idHdr[:]
 	if len(r.TransferEncoding) > 0 {
 		// Go has already let Transfer-Encoding override any
 		// Content-Length and removed it, but keeps the connection open;
@@ -269,7 +281,6 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// APIs: close after every one, whatever the answer.
 		w.Header()["Connection"] = []string{"close"}
 	}
-	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 
 	defer g.finish(st, r)
 	g.route(st, r)
@@ -379,8 +390,22 @@ func (g *Gateway) route(st *state, r *http.Request) {
 	if p := cleanPath(r.URL.Path); p != r.URL.Path || hasEscapedSlash(r.URL.RawPath) {
 		r.URL.Path, r.URL.RawPath = p, ""
 	}
+	host := ""
+	if g.hostPatterns {
+		host = hostOf(r)
+	}
+	if r.Method != http.MethodConnect {
+		if rt := g.cache.get(r.Method, host, r.URL.Path); rt != nil {
+			st.route = rt.metrics
+			rt.serve(st, r)
+			return
+		}
+	}
 	h, pattern := g.mux.Handler(r)
 	if rt, ok := h.(*route); ok {
+		if r.Method != http.MethodConnect {
+			g.cache.put(r.Method, host, r.URL.Path, rt)
+		}
 		st.route = rt.metrics
 		rt.serve(st, r)
 		return
@@ -445,7 +470,7 @@ func (c *captureWriter) Write(b []byte) (int, error) { return len(b), nil }
 
 // ServeHTTP lets a route stand in ServeMux; the gateway calls serve.
 func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if st := stateOf(r.Context()); st != nil {
+	if st := stateOf(w); st != nil {
 		rt.serve(st, r)
 		return
 	}
@@ -478,7 +503,7 @@ func (rt *route) serve(st *state, r *http.Request) {
 	delete(h, "X-App-Id")
 	delete(h, "X-Api-Key-Type")
 	if id.Key.Type != 0 {
-		h["X-Api-Key-Type"] = []string{id.Key.Type.String()}
+		h["X-Api-Key-Type"] = keyTypeHeader[id.Key.Type]
 		if !g.fwdKey {
 			delete(h, "X-Api-Key")
 		}
@@ -486,7 +511,7 @@ func (rt *route) serve(st *state, r *http.Request) {
 	if id.AppID != "" {
 		h["X-App-Id"] = []string{id.AppID}
 	}
-	h["X-Request-Id"] = []string{st.requestID}
+	h["X-Request-Id"] = st.idHdr[:]
 	if !st.trusted {
 		// Forwarding headers from an untrusted peer are lies until
 		// proven otherwise; Rewrite sets ours.
@@ -501,6 +526,10 @@ func (rt *route) serve(st *state, r *http.Request) {
 	st.proxyStart = time.Now()
 	rt.proxy.ServeHTTP(&st.w, r)
 }
+
+// keyTypeHeader holds the X-Api-Key-Type values, shared: ReverseProxy
+// copies request headers, never changes them in place.
+var keyTypeHeader = [...][]string{auth.Public: {"public"}, auth.Secret: {"secret"}}
 
 func headerValue(h http.Header, key string) string {
 	if v := h[key]; len(v) > 0 {
@@ -540,13 +569,11 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) bool {
 		// A negative Remaining means no store could count (on_failure:
 		// allow): there is no quota to report.
 		if d.Remaining >= 0 {
-			var buf [64]byte
-			h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
+			h["Ratelimit"] = lp.tiers[d.Tier].value(d)
 		}
 		return true
 	}
-	var buf [64]byte
-	h["Ratelimit"] = []string{string(appendRateLimit(buf[:0], tier, d))}
+	h["Ratelimit"] = lp.tiers[d.Tier].value(d)
 	secs := retrySeconds(d.Reset)
 	h["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
 	details := make([]byte, 0, 80)
@@ -559,17 +586,6 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) bool {
 	details = append(details, '}')
 	g.reply(st, r, &apierror.Error{Code: apierror.TooManyRequests, Details: details})
 	return false
-}
-
-// appendRateLimit appends the RateLimit field value of d's tier:
-// `"1s";r=2;t=1`.
-func appendRateLimit(b []byte, t ratelimit.Tier, d ratelimit.Decision) []byte {
-	b = append(b, '"')
-	b = append(b, t.Name...)
-	b = append(b, `";r=`...)
-	b = strconv.AppendInt(b, d.Remaining, 10)
-	b = append(b, ";t="...)
-	return strconv.AppendInt(b, ceilSeconds(d.Reset), 10)
 }
 
 func ceilSeconds(d time.Duration) int64 {
@@ -596,21 +612,6 @@ func newTransport(u config.Upstream, headerTimeout time.Duration) *http.Transpor
 	t.DisableCompression = true
 	return t
 }
-
-var bufferPool = &bytePool{}
-
-// bytePool is the httputil.BufferPool of every reverse proxy: 32 KiB
-// copy buffers, reused.
-type bytePool struct{ p sync.Pool }
-
-func (b *bytePool) Get() []byte {
-	if v, ok := b.p.Get().(*[]byte); ok {
-		return *v
-	}
-	return make([]byte, 32<<10)
-}
-
-func (b *bytePool) Put(buf []byte) { b.p.Put(&buf) }
 
 func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripper, maxErrBody int64) *httputil.ReverseProxy {
 	n := &normalizer{g: g, rt: rt, max: maxErrBody}
@@ -644,7 +645,7 @@ func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripp
 // over the limit, 504 for a timeout, 502 for anything else. A client that
 // went away gets nothing and is logged as 499.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	st := stateOf(r.Context())
+	st := stateOf(w)
 	if st == nil {
 		g.catalog.Write(w, r, apierror.ErrBadGateway)
 		return

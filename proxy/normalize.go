@@ -46,15 +46,14 @@ func (n *normalizer) modify(res *http.Response) error {
 	if res.StatusCode < 400 {
 		return nil
 	}
-	st := stateOf(res.Request.Context())
 	if res.Request.Method == http.MethodHead {
-		n.replace(st, res, nil)
+		n.replace(res, nil)
 		return nil
 	}
 	raw, err := io.ReadAll(io.LimitReader(res.Body, n.max+1))
 	_ = res.Body.Close()
 	if err != nil || int64(len(raw)) > n.max {
-		n.replace(st, res, raw)
+		n.replace(res, raw)
 		return nil
 	}
 	if res.StatusCode < 500 && n.conforming(h, raw) {
@@ -66,7 +65,7 @@ func (n *normalizer) modify(res *http.Response) error {
 		res.TransferEncoding = nil
 		return nil
 	}
-	n.replace(st, res, raw)
+	n.replace(res, raw)
 	return nil
 }
 
@@ -120,7 +119,7 @@ func (n *normalizer) readDecoded(r io.Reader) ([]byte, error) {
 // replace swaps the body for the standard shape of the status, keeping the
 // status. An upstream 5xx body is never shown: at debug level, an excerpt
 // goes to the log.
-func (n *normalizer) replace(st *state, res *http.Response, raw []byte) {
+func (n *normalizer) replace(res *http.Response, raw []byte) {
 	e := &apierror.Error{Code: apierror.StatusCode(res.StatusCode), Status: res.StatusCode}
 	body := n.g.catalog.Body(e)
 	h := res.Header
@@ -138,17 +137,11 @@ func (n *normalizer) replace(st *state, res *http.Response, raw []byte) {
 		res.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	n.rt.metrics.Normalized(res.StatusCode)
-	if st != nil {
-		st.code = e.Code
-	}
+	h[codeHeader] = []string{string(e.Code)}
 	if res.StatusCode >= 500 && len(raw) > 0 && n.g.log.Enabled(context.Background(), slog.LevelDebug) {
 		excerpt := raw[:min(len(raw), 256)]
-		reqID := ""
-		if st != nil {
-			reqID = st.requestID
-		}
 		n.g.log.LogAttrs(context.Background(), slog.LevelDebug, "upstream error body replaced",
-			slog.String("request_id", reqID),
+			slog.String("request_id", res.Request.Header.Get("X-Request-Id")),
 			slog.Int("status", res.StatusCode),
 			slog.Int("body_bytes", len(raw)),
 			slog.String("excerpt", strconv.Quote(string(excerpt))))

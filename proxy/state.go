@@ -1,25 +1,30 @@
 package proxy
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
 	"net/netip"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/metrics"
 )
 
-// state is everything the gateway learns about one request, allocated
-// once and reached through the request's context and the response writer.
+// state is everything the gateway learns about one request: one
+// allocation, reached through the response writer (the chain passes
+// &state.w down), so that no context value is needed.
 type state struct {
 	w responseWriter
 
 	start     time.Time
 	requestID string
+	// idBuf holds a generated request id and idHdr the header value
+	// slice, both inside this one allocation.
+	idBuf [32]byte
+	idHdr [1]string
 	clientIP  netip.Addr
 	peer      netip.Addr
 	trusted   bool // the peer is a trusted proxy
@@ -41,12 +46,18 @@ type state struct {
 	canceled bool
 }
 
-type stateKey struct{}
-
-func stateOf(ctx context.Context) *state {
-	st, _ := ctx.Value(stateKey{}).(*state)
-	return st
+// stateOf returns the state behind a response writer of the chain.
+func stateOf(w http.ResponseWriter) *state {
+	if rw, ok := w.(*responseWriter); ok {
+		return rw.st
+	}
+	return nil
 }
+
+// codeHeader carries the business code of a normalised upstream error
+// from ModifyResponse (which sees only the response) to the writer, which
+// removes it before the headers leave.
+const codeHeader = "X-Deskgate-Internal-Code"
 
 // responseWriter records the status and size of the answer. It unwraps
 // (Unwrap) so that http.ResponseController reaches Flush and Hijack of the
@@ -59,6 +70,12 @@ type responseWriter struct {
 }
 
 func (w *responseWriter) WriteHeader(code int) {
+	if v, ok := w.ResponseWriter.Header()[codeHeader]; ok {
+		if len(v) > 0 {
+			w.st.code = apierror.Code(v[0])
+		}
+		delete(w.ResponseWriter.Header(), codeHeader)
+	}
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
 		if !w.st.proxyStart.IsZero() && w.st.upstream == 0 {
@@ -97,19 +114,20 @@ func validRequestID(s string) bool {
 	return true
 }
 
-// newRequestID returns 128 random bits in hex.
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
-	return hex.EncodeToString(b[:])
-}
-
-// requestID returns the client's id if it is valid, else a new one.
-func requestID(h http.Header) string {
+// setRequestID takes the client's id if it is valid, else 128 random bits
+// in hex written into the state itself, and prepares the header value.
+func (st *state) setRequestID(h http.Header) {
 	if v := h["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) {
-		return v[0]
+		st.requestID = v[0]
+	} else {
+		var b [16]byte
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+		hex.Encode(st.idBuf[:], b[:])
+		// The string points into the state, which the GC keeps alive as
+		// long as the string is; the bytes are never written again.
+		st.requestID = unsafe.String(&st.idBuf[0], len(st.idBuf))
 	}
-	return newRequestID()
+	st.idHdr[0] = st.requestID
 }
 
 // clientAddr returns the peer's address and the client's: the peer itself
