@@ -23,11 +23,11 @@ type state struct {
 	requestID string
 	// idBuf holds a generated request id and idHdr the header value
 	// slice, both inside this one allocation.
-	idBuf [32]byte
-	idHdr [1]string
-	clientIP  netip.Addr
-	peer      netip.Addr
-	trusted   bool // the peer is a trusted proxy
+	idBuf    [32]byte
+	idHdr    [1]string
+	clientIP netip.Addr
+	peer     netip.Addr
+	trusted  bool // the peer is a trusted proxy
 
 	route     *metrics.Route
 	appID     string
