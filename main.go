@@ -89,6 +89,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "deskgate %s %s\n", buildVersion(), runtime.Version())
 		return 0
 	}
+	// The file's version is taken before it is read: a change that lands
+	// during start-up is then seen by watch_config.
+	loaded := stampOf(*configPath)
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		printConfigError(stderr, *configPath, err)
@@ -103,7 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := serve(ctx, cfg, *configPath, demo, hup, stdout); err != nil {
+	if err := serve(ctx, cfg, *configPath, loaded, demo, hup, stdout); err != nil {
 		fmt.Fprintf(stderr, "deskgate: %v\n", err)
 		return 1
 	}
@@ -259,7 +262,10 @@ func (a *app) reload(path string) {
 	a.log.Info("config reloaded", "routes", len(cfg.Routes))
 }
 
-func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
+// serve runs the gateway of cfg, loaded from path when the file was at
+// version loaded, until ctx ends.
+func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
+	keysLoaded := stampOf(cfg.KeyFilePath)
 	a := &app{level: new(slog.LevelVar)}
 	a.log = newLogger(stdout, cfg.Log, a.level)
 	reg := prometheus.NewRegistry()
@@ -335,8 +341,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, demo bool, hup 
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	// The config file, and auth.file as the current config names it.
-	go watchFile(wctx, func() string { return path }, time.Second, changed)
-	go watchFile(wctx, func() string { return a.cfg.Load().KeyFilePath }, time.Second, changed)
+	go watchFile(wctx, func() string { return path }, loaded, time.Second, changed)
+	go watchFile(wctx, func() string { return a.cfg.Load().KeyFilePath }, keysLoaded, time.Second, changed)
 
 	for {
 		select {
@@ -480,12 +486,13 @@ func stampOf(path string) fileStamp {
 }
 
 // watchFile polls the file path() names every interval and signals
-// changed when it differs from the last version seen ("" watches nothing).
-// Polling a stat a second costs nothing and, unlike inotify, survives
-// symlink swaps and renames without re-arming.
-func watchFile(ctx context.Context, path func() string, every time.Duration, changed chan<- struct{}) {
+// changed when it differs from the last version seen, starting from
+// loaded, the version the running config was read from ("" watches
+// nothing). Polling a stat a second costs nothing and, unlike inotify,
+// survives symlink swaps and renames without re-arming.
+func watchFile(ctx context.Context, path func() string, loaded fileStamp, every time.Duration, changed chan<- struct{}) {
 	name := path()
-	last := stampOf(name)
+	last := loaded
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -228,12 +228,13 @@ func TestServeDemoReloadShutdown(t *testing.T) {
 // serveForTest is run after its flags: load, then serve in demo mode
 // until ctx ends.
 func serveForTest(ctx context.Context, path string, hup <-chan os.Signal, w io.Writer) int {
+	loaded := stampOf(path)
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintln(w, err)
 		return 1
 	}
-	if err := serve(ctx, cfg, path, true, hup, w); err != nil {
+	if err := serve(ctx, cfg, path, loaded, true, hup, w); err != nil {
 		fmt.Fprintln(w, err)
 		return 1
 	}
