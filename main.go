@@ -267,7 +267,9 @@ func (a *app) reload(path string) {
 func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
 	a := &app{level: new(slog.LevelVar)}
-	a.log = newLogger(stdout, cfg.Log, a.level)
+	out := newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
+	defer out.Close()
+	a.log = newLogger(out, cfg.Log, a.level)
 	reg := prometheus.NewRegistry()
 	a.metrics = metrics.New(reg, buildVersion())
 	var err error

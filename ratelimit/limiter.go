@@ -185,9 +185,52 @@ func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error)
 	if !l.healthy.Load() {
 		return l.failed(ctx, p, k)
 	}
+	// Requests of one identity that miss the cache together (a flood when
+	// a denial expires) queue behind one Redis call instead of racing to
+	// Redis: if it says no, they are denied with it; if it admitted its
+	// request with little quota left, the next in line asks, one at a
+	// time. An identity with quota to spare asks concurrently.
+	for {
+		f, leader := l.deny.join(p, k)
+		if leader {
+			return l.decide(ctx, p, k, now, f)
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return Decision{}, ctx.Err()
+		}
+		now = l.clock()
+		if d, ok := l.deny.get(p, k, now); ok {
+			return l.count(storeDenyCache, d), nil
+		}
+		if !l.healthy.Load() {
+			return l.failed(ctx, p, k)
+		}
+		if f.remaining >= queueBelow {
+			return l.decide(ctx, p, k, now, nil)
+		}
+	}
+}
+
+// queueBelow is the quota left under which requests of one identity that
+// miss the deny cache together ask Redis one at a time.
+const queueBelow = 8
+
+// decide asks Redis. now is read before the call; f, when not nil, is
+// the flight this call leads, released when the answer is known.
+func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight) (Decision, error) {
 	cctx, cancel := context.WithTimeout(ctx, l.timeout)
 	d, err := l.redis.Allow(cctx, p, k)
 	cancel()
+	if f != nil {
+		// Waiters read the cache (filled below) after done closes.
+		f.remaining = d.Remaining
+		if err != nil || !d.Allowed {
+			f.remaining = 0
+		}
+		defer l.deny.land(p, k, f)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			// The client went away: not Redis' fault.
@@ -197,11 +240,16 @@ func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error)
 		l.markDown(err)
 		return l.failed(ctx, p, k)
 	}
-	if !d.Allowed {
+	switch {
+	case !d.Allowed:
 		// now was read before the call, so now+Reset is never later than
 		// Redis' own "admitted again" time: the cache can only deny what
 		// Redis would deny.
 		l.deny.put(p, k, now+d.Reset, d)
+	case d.Remaining == 0 && p.Algorithm == SlidingLog:
+		// This request took the last slot of the reported tier, which
+		// frees its next one after Reset: until then Redis would deny.
+		l.deny.put(p, k, now+d.Reset, Decision{Tier: d.Tier, Reset: d.Reset})
 	}
 	return l.count(storeRedis, d), nil
 }
@@ -277,14 +325,46 @@ type denyEntry struct {
 }
 
 type denyShard struct {
-	mu sync.Mutex
-	m  map[denyKey]denyEntry
+	mu      sync.Mutex
+	m       map[denyKey]denyEntry
+	flights map[denyKey]*flight
+}
+
+// flight is one Redis call in progress for an identity; done closes when
+// its answer is known, and remaining is then the quota it left.
+type flight struct {
+	done      chan struct{}
+	remaining int64
+}
+
+// join returns the flight in progress for k under p, or starts one and
+// reports that the caller leads it.
+func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.flights[denyKey{p, k}]; f != nil {
+		return f, false
+	}
+	f = &flight{done: make(chan struct{})}
+	s.flights[denyKey{p, k}] = f
+	return f, true
+}
+
+// land ends a flight (after its answer went into the cache).
+func (c *denyCache) land(p *Policy, k Key, f *flight) {
+	s := c.shard(k)
+	s.mu.Lock()
+	delete(s.flights, denyKey{p, k})
+	s.mu.Unlock()
+	close(f.done)
 }
 
 func newDenyCache(size int) *denyCache {
 	c := &denyCache{size: max(1, size/len(denyCache{}.shards))}
 	for i := range c.shards {
 		c.shards[i].m = map[denyKey]denyEntry{}
+		c.shards[i].flights = map[denyKey]*flight{}
 	}
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -453,4 +454,55 @@ func redisConfig(t *testing.T, block string) config.Redis {
 		t.Fatal(err)
 	}
 	return cfg.Redis
+}
+
+// TestDenyCacheCollapsesFlood guards the reject path against a flood of
+// one identity: once its budget is spent, concurrent requests cost no
+// Redis call at all — the admission that took the last slot is remembered
+// as a denial until the slot frees, and requests that miss the cache
+// together share one call.
+func TestDenyCacheCollapsesFlood(t *testing.T) {
+	ts, _ := miniredisTimed(t)
+	l, m := newTestLimiter(t, ts.s.(*Redis), FailLocal, func() time.Duration { return 0 })
+	p := defaultPolicy(t)
+	ts.set(0)
+	redisCalls := func() float64 {
+		return testutil.ToFloat64(m.RateLimitDecisions.WithLabelValues("redis", "allowed")) +
+			testutil.ToFloat64(m.RateLimitDecisions.WithLabelValues("redis", "denied"))
+	}
+	flood := func() (admitted int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 50 {
+			wg.Go(func() {
+				d, err := l.Allow(context.Background(), p, stepKey)
+				if err != nil {
+					t.Error(err)
+				}
+				if d.Allowed {
+					mu.Lock()
+					admitted++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return admitted
+	}
+	if n := flood(); n != 3 {
+		t.Fatalf("first flood admitted %d of 50, want 3", n)
+	}
+	first := redisCalls()
+	if first != 3 {
+		t.Fatalf("%v Redis calls for 50 concurrent requests of a fresh identity, want 3 (its admissions)", first)
+	}
+	for range 4 {
+		if n := flood(); n != 0 {
+			t.Fatalf("admitted %d with the budget spent", n)
+		}
+	}
+	if n := redisCalls() - first; n != 0 {
+		t.Fatalf("%v Redis calls for 200 requests of an identity whose budget is spent, want 0", n)
+	}
+	t.Logf("first flood of 50: %v Redis calls; next 200: none", first)
 }
