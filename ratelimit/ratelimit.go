@@ -71,6 +71,8 @@ type Policy struct {
 
 	maxWindow time.Duration
 	capacity  int64
+	// scriptArgs are the sliding-log script's ARGV, boxed once.
+	scriptArgs []any
 }
 
 // NewPolicy returns a policy. It returns an error for no tiers, a
@@ -95,6 +97,10 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 		seen[t.Window] = true
 		p.maxWindow = max(p.maxWindow, t.Window)
 		p.capacity = max(p.capacity, t.Limit)
+	}
+	p.scriptArgs = append(p.scriptArgs, p.capacity, len(p.Tiers))
+	for _, t := range p.Tiers {
+		p.scriptArgs = append(p.scriptArgs, t.Limit, t.Window.Microseconds())
 	}
 	return p, nil
 }

@@ -148,12 +148,7 @@ func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
 	if p.Algorithm == GCRA {
 		return r.allowGCRA(ctx, p.Tiers[0], key)
 	}
-	args := make([]any, 0, 2+2*len(p.Tiers))
-	args = append(args, p.capacity, len(p.Tiers))
-	for _, t := range p.Tiers {
-		args = append(args, t.Limit, t.Window.Microseconds())
-	}
-	v, err := slidingLogScript.Run(ctx, r.client, []string{key}, args...).Int64Slice()
+	v, err := slidingLogScript.Run(ctx, r.client, []string{key}, p.scriptArgs...).Int64Slice()
 	if err != nil {
 		return Decision{}, fmt.Errorf("rate-limit script: %w", err)
 	}
