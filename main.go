@@ -163,6 +163,7 @@ func parseLevel(s string) slog.Level {
 // app is the running gateway: what a reload replaces and what it keeps.
 type app struct {
 	log     *slog.Logger
+	out     *bufferedWriter
 	level   *slog.LevelVar
 	metrics *metrics.Metrics
 	limiter *ratelimit.Limiter
@@ -214,12 +215,18 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	var access io.Writer
+	if cfg.Log.Format == "json" {
+		access = a.out
+	}
 	return proxy.New(proxy.Options{
-		Config:  cfg,
-		Auth:    authn,
-		Limiter: a.limiter,
-		Metrics: a.metrics,
-		Logger:  a.log,
+		AccessLog: access,
+		LogLevel:  a.level,
+		Config:    cfg,
+		Auth:      authn,
+		Limiter:   a.limiter,
+		Metrics:   a.metrics,
+		Logger:    a.log,
 	})
 }
 
@@ -267,9 +274,9 @@ func (a *app) reload(path string) {
 func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
 	a := &app{level: new(slog.LevelVar)}
-	out := newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
-	defer out.Close()
-	a.log = newLogger(out, cfg.Log, a.level)
+	a.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
+	defer a.out.Close()
+	a.log = newLogger(a.out, cfg.Log, a.level)
 	reg := prometheus.NewRegistry()
 	a.metrics = metrics.New(reg, buildVersion())
 	var err error

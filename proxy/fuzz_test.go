@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -144,4 +147,45 @@ func FuzzCleanPath(f *testing.F) {
 			t.Fatalf("cleanPath(%q) = %q lost the trailing slash", p, c)
 		}
 	})
+}
+
+// FuzzAccessLogString guards the hand-written access log (SPEC §6: one
+// JSON line per request): any path or id becomes a valid JSON string that
+// decodes to the same text, invalid UTF-8 bytes each replaced by U+FFFD,
+// and never breaks the line.
+func FuzzAccessLogString(f *testing.F) {
+	for _, s := range []string{"", "/api/v1/x", "a\"b\\c", "\x00\n\r\t\x1f", "é\u2028\u2029", "\xff\xfe", "\xed\xa0\x80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := appendJSONString(nil, s)
+		if bytes.ContainsAny(out, "\n\r") {
+			t.Fatalf("line break in %q", out)
+		}
+		var got string
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%q -> %q: %v", s, out, err)
+		}
+		var want strings.Builder
+		for i := 0; i < len(s); {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			want.WriteRune(r) // RuneError for an invalid byte
+			i += size
+		}
+		if got != want.String() {
+			t.Fatalf("%q -> %q decodes to %q, want %q", s, out, got, want.String())
+		}
+	})
+}
+
+// TestAppendMillis checks the duration_ms numbers.
+func TestAppendMillis(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "0", time.Microsecond: "0.001", 1500 * time.Microsecond: "1.5",
+		3042 * time.Microsecond: "3.042", 2 * time.Second: "2000", 10*time.Millisecond + 10*time.Microsecond: "10.01",
+	} {
+		if got := string(appendMillis(nil, d)); got != want {
+			t.Errorf("%s: %q, want %q", d, got, want)
+		}
+	}
 }

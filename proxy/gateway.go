@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -48,8 +49,13 @@ type Options struct {
 	Auth    Authenticator
 	Limiter Limiter
 	Metrics *metrics.Metrics
-	// Logger receives the access log and error lines.
+	// Logger receives error lines, and the access log unless AccessLog
+	// is set.
 	Logger *slog.Logger
+	// AccessLog, when set, receives the access log as JSON lines written
+	// without slog (see accessWriter), at LogLevel.
+	AccessLog io.Writer
+	LogLevel  slog.Leveler
 	// Transport, when set, replaces the upstream transports built from
 	// the config. Tests use it to inject transport failures.
 	Transport http.RoundTripper
@@ -65,6 +71,7 @@ type Gateway struct {
 	trusted   []netip.Prefix
 	maxBody   int64
 	fwdKey    bool
+	access    *accessWriter
 	unmatched *metrics.Route
 	transport []*http.Transport
 	routes    []*route
@@ -126,6 +133,13 @@ func New(o Options) (*Gateway, error) {
 		log:     o.Logger,
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
+	}
+	if o.AccessLog != nil {
+		level := o.LogLevel
+		if level == nil {
+			level = slog.LevelInfo
+		}
+		g.access = &accessWriter{w: o.AccessLog, level: level}
 	}
 	codes := make([]string, 0, 16)
 	for _, c := range apierror.Own {
@@ -329,6 +343,12 @@ func (g *Gateway) accessLog(st *state, r *http.Request) {
 	level := slog.LevelInfo
 	if status >= 500 {
 		level = slog.LevelWarn
+	}
+	if g.access != nil {
+		if g.access.enabled(level) {
+			g.access.write(st, r.Method, r.URL.Path, status, level, elapsed)
+		}
+		return
 	}
 	ctx := r.Context()
 	if !g.log.Enabled(ctx, level) {

@@ -171,6 +171,8 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 		Limiter:   lim,
 		Metrics:   h.metrics,
 		Logger:    slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		AccessLog: h.logs,
+		LogLevel:  slog.LevelDebug,
 		Transport: o.transport,
 	})
 	if err != nil {
