@@ -32,6 +32,10 @@ type memBucket struct {
 type memShard struct {
 	mu sync.Mutex
 	m  map[Key]*memEntry
+	// peak is the most entries m has held since it was made: Go maps do
+	// not give memory back as entries go, so the sweep remakes m once it
+	// has shrunk well below its peak.
+	peak int
 }
 
 // memEntry is one identity's state: for the sliding log, the times of its
@@ -115,6 +119,7 @@ func (m *Memory) Allow(_ context.Context, p *Policy, k Key) (Decision, error) {
 	if e == nil {
 		e = &memEntry{}
 		s.m[k] = e
+		s.peak = max(s.peak, len(s.m))
 	}
 	var d Decision
 	if p.Algorithm == GCRA {
@@ -255,6 +260,13 @@ func (m *Memory) Sweep() {
 				if e.last <= now-w && e.tat <= now {
 					delete(s.m, k)
 				}
+			}
+			if s.peak > 64 && len(s.m) < s.peak/4 {
+				m := make(map[Key]*memEntry, len(s.m))
+				for k, e := range s.m {
+					m[k] = e
+				}
+				s.m, s.peak = m, len(m)
 			}
 			s.mu.Unlock()
 		}

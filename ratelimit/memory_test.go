@@ -2,6 +2,8 @@ package ratelimit
 
 import (
 	"context"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -381,5 +383,37 @@ func BenchmarkMemoryAllow(b *testing.B) {
 	for b.Loop() {
 		m.Allow(context.Background(), p, keys[i%len(keys)])
 		i++
+	}
+}
+
+// TestEvictionFreesMemory guards the memory bound under a flood of
+// distinct identities: once they are swept, the heap they took is given
+// back (Go maps keep their size after deletes, so the sweep remakes a
+// shard's map that has shrunk well below its peak).
+func TestEvictionFreesMemory(t *testing.T) {
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	m, c := newTestMemory(t)
+	p := defaultPolicy(t)
+	before := heap()
+	for i := range 200_000 {
+		m.Allow(context.Background(), p, KeyFromApp(strconv.Itoa(i)))
+	}
+	flooded := heap()
+	c.Advance(2 * time.Minute)
+	m.Sweep()
+	after := heap()
+	grew := int64(flooded) - int64(before)
+	kept := int64(after) - int64(before)
+	t.Logf("heap: %d KiB before, %d KiB with 200,000 identities, %d KiB after the sweep", before>>10, flooded>>10, after>>10)
+	if grew < 10<<20 {
+		t.Fatalf("200,000 identities took only %d KiB: the test does not measure them", grew>>10)
+	}
+	if kept > grew/10 {
+		t.Fatalf("after the sweep the store still holds %d KiB of the %d KiB the identities took", kept>>10, grew>>10)
 	}
 }
