@@ -122,3 +122,24 @@ func BenchmarkGatewayNoLog(b *testing.B) { benchGateway(b, nil) }
 func BenchmarkGatewayAccessLog(b *testing.B) {
 	benchGateway(b, io.Discard)
 }
+
+// BenchmarkBareProxy is the floor: httputil.ReverseProxy with the same
+// static transport and requests, nothing else.
+func BenchmarkBareProxy(b *testing.B) {
+	h := bareProxy()
+	reqs := make([]*http.Request, 2000)
+	for i := range reqs {
+		reqs[i] = httptest.NewRequest("GET", "/api/v1/tickets", nil)
+		reqs[i].RemoteAddr = "192.0.2.1:1234"
+		reqs[i].Header.Set("X-API-Key", fmt.Sprintf("sk_live_%024d", i))
+	}
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		w.Body.Reset()
+		clear(w.Header())
+		h.ServeHTTP(w, reqs[i%len(reqs)])
+		i++
+	}
+}
