@@ -293,7 +293,9 @@ func (l *Limiter) healthLoop() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), max(l.timeout, 500*time.Millisecond))
+		// The same budget as a decision: a Redis that answers a PING but
+		// slower than redis.timeout is not back (it would flap).
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 		err := l.redis.Ping(ctx)
 		cancel()
 		if err == nil {
