@@ -82,7 +82,9 @@ func ParseKey(s string) (Key, bool) {
 	if !ok {
 		return Key{}, false
 	}
-	k.Hash = sha256.Sum256([]byte(s))
+	// Hash from a stack copy: []byte(s) would allocate per request.
+	var buf [8 + maxRandom]byte
+	k.Hash = sha256.Sum256(buf[:copy(buf[:], s)])
 	return k, true
 }
 

@@ -406,3 +406,15 @@ func TestParsePolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestParseKeyNoAlloc pins the hot path: parsing and hashing a key
+// allocates nothing.
+func TestParseKeyNoAlloc(t *testing.T) {
+	if testing.CoverMode() != "" {
+		t.Skip("coverage instrumentation allocates")
+	}
+	key := "sk_live_AbCdEfGhIjKlMnOpQrStUvWx"
+	if n := testing.AllocsPerRun(100, func() { ParseKey(key) }); n != 0 && !raceEnabled {
+		t.Fatalf("%v allocations per ParseKey", n)
+	}
+}
