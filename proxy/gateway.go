@@ -273,9 +273,6 @@ func (g *Gateway) Close() {
 	}
 }
 
-// Catalog returns the error catalog of this config.
-func (g *Gateway) Catalog() *apierror.Catalog { return g.catalog }
-
 // ServeHTTP is the outermost step of the chain: it observes the request
 // (request id, client address, panic recovery, access log, metrics), then
 // routes it. The order of the inner steps is route, auth, body size, rate

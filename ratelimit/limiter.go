@@ -407,15 +407,3 @@ func (c *denyCache) put(p *Policy, k Key, until time.Duration, d Decision) {
 	}
 	s.m[denyKey{p, k}] = denyEntry{until: until, d: d}
 }
-
-// len returns the number of cached denials (tests).
-func (c *denyCache) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += len(s.m)
-		s.mu.Unlock()
-	}
-	return n
-}

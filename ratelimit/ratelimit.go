@@ -114,10 +114,6 @@ func (p *Policy) String() string {
 	return p.ID + ": " + strings.Join(s, ", ")
 }
 
-// MaxWindow returns the longest window: how long a store must remember an
-// identity.
-func (p *Policy) MaxWindow() time.Duration { return p.maxWindow }
-
 // Key names an identity by a hash, never by a raw API key or address.
 type Key [16]byte
 
