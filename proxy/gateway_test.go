@@ -606,8 +606,9 @@ func TestStreamingUntouched(t *testing.T) {
 	}
 }
 
-// TestClientGone guards the 499 rule: a client that goes away is logged as
-// canceled, not counted as an upstream error.
+// TestClientGone guards the 499 rule: a client that goes away is logged
+// and counted with status 499, neither as a rejection nor as an upstream
+// error.
 func TestClientGone(t *testing.T) {
 	started := make(chan struct{})
 	h := newHarness(t, harnessOpt{upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -637,9 +638,14 @@ func TestClientGone(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, kind := range []string{"connect", "timeout", "protocol"} {
-		if got := testutil.ToFloat64(h.metrics.UpstreamErrors.WithLabelValues("/api/v1/", kind)); got != 0 {
-			t.Errorf("upstream_errors_total{kind=%s} = %v after a client cancel", kind, got)
+	// In the metrics: counted with status 499, neither as a rejection
+	// nor as an upstream error.
+	if got := testutil.ToFloat64(h.metrics.Requests.WithLabelValues("/api/v1/", "GET", "499")); got != 1 {
+		t.Errorf("deskgate_requests_total{status=499} = %v, want 1", got)
+	}
+	for k, v := range gatherRoute(t, h) {
+		if v != 0 && (strings.HasPrefix(k, "deskgate_rejections_total") || strings.HasPrefix(k, "deskgate_upstream_errors_total")) {
+			t.Errorf("%s = %v after a client went away", k, v)
 		}
 	}
 }
