@@ -23,9 +23,9 @@ func bareProxy() http.Handler {
 	}
 }
 
-// chainAllocs measures the allocations of one request through h, over
-// requests with distinct keys (so that the default tiers admit them all).
-func chainAllocs(t testing.TB, h http.Handler, withKey bool, warm func()) float64 {
+// keyedRequests returns 2,000 proxied requests, each with its own key
+// when withKey is set (so that the default tiers admit them all).
+func keyedRequests(withKey bool) []*http.Request {
 	reqs := make([]*http.Request, 2000)
 	for i := range reqs {
 		reqs[i] = httptest.NewRequest("GET", "/api/v1/tickets", nil)
@@ -34,6 +34,13 @@ func chainAllocs(t testing.TB, h http.Handler, withKey bool, warm func()) float6
 			reqs[i].Header.Set("X-API-Key", fmt.Sprintf("sk_live_%024d", i))
 		}
 	}
+	return reqs
+}
+
+// chainAllocs measures the allocations of one request through h, over
+// requests with distinct keys (so that the default tiers admit them all).
+func chainAllocs(t testing.TB, h http.Handler, withKey bool, warm func()) float64 {
+	reqs := keyedRequests(withKey)
 	w := httptest.NewRecorder()
 	// A first pass creates every identity's rate-limit state (a cost per
 	// new identity, not per request); then the clock moves past every
@@ -94,12 +101,7 @@ routes: [{pattern: "/api/v1/", auth: secret}]
 	if access != nil {
 		h.gateway.access = &accessWriter{w: access, level: slog.LevelInfo}
 	}
-	reqs := make([]*http.Request, 2000)
-	for i := range reqs {
-		reqs[i] = httptest.NewRequest("GET", "/api/v1/tickets", nil)
-		reqs[i].RemoteAddr = "192.0.2.1:1234"
-		reqs[i].Header.Set("X-API-Key", fmt.Sprintf("sk_live_%024d", i))
-	}
+	reqs := keyedRequests(true)
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	i := 0
@@ -127,12 +129,7 @@ func BenchmarkGatewayAccessLog(b *testing.B) {
 // static transport and requests, nothing else.
 func BenchmarkBareProxy(b *testing.B) {
 	h := bareProxy()
-	reqs := make([]*http.Request, 2000)
-	for i := range reqs {
-		reqs[i] = httptest.NewRequest("GET", "/api/v1/tickets", nil)
-		reqs[i].RemoteAddr = "192.0.2.1:1234"
-		reqs[i].Header.Set("X-API-Key", fmt.Sprintf("sk_live_%024d", i))
-	}
+	reqs := keyedRequests(true)
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	i := 0
