@@ -220,9 +220,16 @@ const queueBelow = 8
 // decide asks Redis. now is read before the call; f, when not nil, is
 // the flight this call leads, released when the answer is known.
 func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight) (Decision, error) {
-	cctx, cancel := context.WithTimeout(ctx, l.timeout)
-	d, err := l.redis.Allow(cctx, p, k)
-	cancel()
+	var d Decision
+	var err error
+	if p.Algorithm == SlidingLog {
+		// Bounded by its deadline without a timer of its own: see allow.
+		d, err = l.redis.allow(ctx, time.Now().Add(l.timeout), p, k)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, l.timeout)
+		d, err = l.redis.Allow(cctx, p, k)
+		cancel()
+	}
 	if f != nil {
 		// Waiters read the cache (filled below) after done closes.
 		f.remaining = d.Remaining

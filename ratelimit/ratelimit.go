@@ -71,7 +71,8 @@ type Policy struct {
 
 	maxWindow time.Duration
 	capacity  int64
-	// scriptArgs are the sliding-log script's ARGV, boxed once.
+	// scriptArgs describe the policy to the sliding-log script (its ARGV
+	// for one policy), boxed once.
 	scriptArgs []any
 }
 
@@ -98,7 +99,8 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 		p.maxWindow = max(p.maxWindow, t.Window)
 		p.capacity = max(p.capacity, t.Limit)
 	}
-	p.scriptArgs = append(p.scriptArgs, p.capacity, len(p.Tiers))
+	ttl := (p.maxWindow + time.Millisecond - 1) / time.Millisecond
+	p.scriptArgs = append(p.scriptArgs, len(p.Tiers), p.capacity, p.maxWindow.Microseconds(), strconv.FormatInt(int64(ttl), 10))
 	for _, t := range p.Tiers {
 		p.scriptArgs = append(p.scriptArgs, t.Limit, t.Window.Microseconds())
 	}

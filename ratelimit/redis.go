@@ -16,83 +16,119 @@ import (
 	"github.com/innovartx/deskgate/config"
 )
 
-// slidingLogScript decides one request against every tier of a policy in
-// one round trip, atomically (SPEC §4). The admitted requests' times of
-// one identity and budget (µs, from Redis TIME) are one string of
+// slidingLogScript decides requests against every tier of their policies,
+// atomically (SPEC §4): one call decides a batch of concurrent requests
+// (see batch.go), in the order given, with one Redis TIME. The admitted
+// requests' times of one identity and budget (µs) are one string of
 // fixed-width hex stamps, oldest first, which serves all tiers at once: a
 // tier of window w counts the stamps after now-w, found by binary search.
-// The request is recorded only if every tier admits it. Three commands per
-// decision (TIME, GET, SET) — as many as redis_rate's GCRA — instead of a
-// sorted-set command per tier.
+// A request is recorded only if every tier admits it. Per request, a GET
+// and a SET; per call, one TIME — where redis_rate's GCRA runs TIME, GET
+// and SET for each request.
 //
 // As no tier ever holds more than its limit, the string never needs more
 // than the largest limit of stamps ("capacity"); stamps older than the
 // longest window are dropped when the next request is recorded, and the key
 // expires with the longest window.
 //
-// KEYS[1]: the log. ARGV: capacity, the number of tiers n, then n pairs of
-// limit and window in µs. Reply: {allowed, tier, remaining, reset µs}, with
-// the meaning of [Decision].
-var slidingLogScript = redis.NewScript(`
+// KEYS: one log per request. ARGV: the number of policies in the call;
+// per policy, its number of tiers n, capacity, longest window in µs and
+// the key's TTL in ms, then n pairs of limit and window in µs; then, per
+// key, the index (from 1) of its policy. Reply: one string of four
+// numbers per request — allowed, tier, remaining, reset µs, with the
+// meaning of [Decision] — or "e 0 0 0" for a request whose key Redis
+// refused (a key of another type, a write refused for memory), then "|"
+// and the first such error.
+var slidingLogScript = redis.NewScript(slidingLogLua)
+
+const slidingLogLua = `
 local W = 13
-local key = KEYS[1]
-local capacity = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local s = redis.call('GET', key) or ''
-local size = math.floor(#s / W)
-local function at(i)
+local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function at(s, i)
   return tonumber(string.sub(s, i * W + 1, i * W + W), 16)
 end
-if size > 0 then
-  -- A Redis clock stepped back must not free slots early.
-  local last = at(size - 1)
-  if now < last then now = last end
-end
-local function first_after(cutoff)
+local function first_after(s, size, cutoff)
   local lo, hi = 0, size
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if at(mid) <= cutoff then lo = mid + 1 else hi = mid end
+    if at(s, mid) <= cutoff then lo = mid + 1 else hi = mid end
   end
   return lo
 end
-local maxw = 0
-local blocked = false
-local dtier, dwait = 0, 0
-local rtier, rrem, rreset = 0, -1, 0
-for i = 1, n do
-  local limit = tonumber(ARGV[1 + 2 * i])
-  local w = tonumber(ARGV[2 + 2 * i])
-  if w > maxw then maxw = w end
-  local first = first_after(now - w)
-  local count = size - first
-  if count >= limit then
-    local wait = at(first + count - limit) + w - now
-    if (not blocked) or wait > dwait then
-      dtier, dwait = i - 1, wait
+local pols = {}
+local a = 2
+for q = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  local pol = {n = n, capacity = tonumber(ARGV[a + 1]), maxw = tonumber(ARGV[a + 2]), ttl = ARGV[a + 3]}
+  a = a + 4
+  for i = 1, 2 * n do
+    pol[i] = tonumber(ARGV[a])
+    a = a + 1
+  end
+  pols[q] = pol
+end
+local out, failure = {}, nil
+for j = 1, #KEYS do
+  local key = KEYS[j]
+  local pol = pols[tonumber(ARGV[a + j - 1])]
+  local s = redis.pcall('GET', key)
+  if type(s) == 'table' and s.err then
+    failure = failure or s.err
+    out[j] = 'e 0 0 0'
+  else
+    s = s or ''
+    local now = clock
+    local size = math.floor(#s / W)
+    if size > 0 then
+      -- A Redis clock stepped back must not free slots early.
+      local last = at(s, size - 1)
+      if now < last then now = last end
     end
-    blocked = true
-  elseif not blocked then
-    local oldest = now
-    if count > 0 then oldest = at(first) end
-    local rem = limit - count - 1
-    local reset = oldest + w - now
-    if rrem < 0 or rem < rrem or (rem == rrem and reset > rreset) then
-      rtier, rrem, rreset = i - 1, rem, reset
+    local blocked = false
+    local dtier, dwait = 0, 0
+    local rtier, rrem, rreset = 0, -1, 0
+    local drop = 0
+    for i = 0, pol.n - 1 do
+      local limit, w = pol[2 * i + 1], pol[2 * i + 2]
+      local first = first_after(s, size, now - w)
+      if w == pol.maxw then drop = first end
+      local count = size - first
+      if count >= limit then
+        local wait = at(s, first + count - limit) + w - now
+        if (not blocked) or wait > dwait then
+          dtier, dwait = i, wait
+        end
+        blocked = true
+      elseif not blocked then
+        local oldest = now
+        if count > 0 then oldest = at(s, first) end
+        local rem = limit - count - 1
+        local reset = oldest + w - now
+        if rrem < 0 or rem < rrem or (rem == rrem and reset > rreset) then
+          rtier, rrem, rreset = i, rem, reset
+        end
+      end
+    end
+    if blocked then
+      out[j] = string.format('0 %d 0 %d', dtier, dwait)
+    else
+      if size - drop >= pol.capacity then drop = size - pol.capacity + 1 end
+      s = string.sub(s, drop * W + 1) .. string.format('%013x', now)
+      local r = redis.pcall('SET', key, s, 'PX', pol.ttl)
+      if type(r) == 'table' and r.err then
+        failure = failure or r.err
+        out[j] = 'e 0 0 0'
+      else
+        out[j] = string.format('1 %d %d %d', rtier, rrem, rreset)
+      end
     end
   end
 end
-if blocked then
-  return {0, dtier, 0, dwait}
-end
-local drop = first_after(now - maxw)
-if size - drop >= capacity then drop = size - capacity + 1 end
-s = string.sub(s, drop * W + 1) .. string.format('%013x', now)
-redis.call('SET', key, s, 'PX', math.ceil(maxw / 1000))
-return {1, rtier, rrem, rreset}
-`)
+local reply = table.concat(out, ' ')
+if failure then reply = reply .. '|' .. failure end
+return reply
+`
 
 // Redis is the shared store: every replica that uses one Redis shares
 // each identity's budgets. Time comes from Redis, not from the replicas'
@@ -101,6 +137,7 @@ type Redis struct {
 	client redis.UniversalClient
 	gcra   *redis_rate.Limiter
 	prefix string
+	batch  batcher
 }
 
 var _ Store = (*Redis)(nil)
@@ -111,7 +148,9 @@ const KeyPrefix = "deskgate:rl:"
 // NewRedis returns a store on client. The script is loaded on first use
 // (EVALSHA, falling back to EVAL on NOSCRIPT, as after a Redis restart).
 func NewRedis(client redis.UniversalClient) *Redis {
-	return &Redis{client: client, gcra: redis_rate.NewLimiter(client), prefix: KeyPrefix}
+	r := &Redis{client: client, gcra: redis_rate.NewLimiter(client), prefix: KeyPrefix}
+	r.batch.maxInflight = defaultInflight
+	return r
 }
 
 // Load loads the script into Redis (every master, for a Cluster), so that
@@ -132,35 +171,25 @@ func (r *Redis) Ping(ctx context.Context) error { return r.client.Ping(ctx).Err(
 // hash in a Cluster hash tag, so that all of an identity's budgets live in
 // one slot, then the budget.
 func RedisKey(prefix string, id string, k Key) string {
-	b := make([]byte, 0, len(prefix)+2+2*len(k)+1+len(id))
+	return string(appendRedisKey(make([]byte, 0, len(prefix)+2+2*len(k)+1+len(id)), prefix, id, k))
+}
+
+func appendRedisKey(b []byte, prefix string, id string, k Key) []byte {
 	b = append(b, prefix...)
 	b = append(b, '{')
 	b = hex.AppendEncode(b, k[:])
 	b = append(b, '}', ':')
-	b = append(b, id...)
-	return string(b)
+	return append(b, id...)
 }
 
-// Allow decides one request in one round trip. The caller bounds it with
-// ctx.
+// Allow decides one request in one round trip, shared with the requests
+// decided at the same time. The caller bounds it with ctx.
 func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
-	key := RedisKey(r.prefix, p.ID, k)
 	if p.Algorithm == GCRA {
-		return r.allowGCRA(ctx, p.Tiers[0], key)
+		return r.allowGCRA(ctx, p.Tiers[0], RedisKey(r.prefix, p.ID, k))
 	}
-	v, err := slidingLogScript.Run(ctx, r.client, []string{key}, p.scriptArgs...).Int64Slice()
-	if err != nil {
-		return Decision{}, fmt.Errorf("rate-limit script: %w", err)
-	}
-	if len(v) != 4 || v[1] < 0 || int(v[1]) >= len(p.Tiers) {
-		return Decision{}, fmt.Errorf("rate-limit script: unexpected reply %v", v)
-	}
-	return Decision{
-		Allowed:   v[0] == 1,
-		Tier:      int(v[1]),
-		Remaining: v[2],
-		Reset:     time.Duration(v[3]) * time.Microsecond,
-	}, nil
+	deadline, _ := ctx.Deadline()
+	return r.allow(ctx, deadline, p, k)
 }
 
 // allowGCRA runs one tier through redis_rate: requests spaced by

@@ -1,0 +1,371 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Sliding-log decisions that reach Redis together go in one script call:
+// one write, one TIME and one reply for the lot instead of one of each per
+// request. This is auto-pipelining as rueidis does it, with nothing added to
+// a lone request's path: a request that finds no call waiting to be sent
+// and a free slot makes its own call at once, in its own goroutine; the
+// requests that arrive while maxInflight calls are out queue, and the next
+// call takes all of them (up to maxBatch) when a slot frees. No timer is
+// involved: a batch is whatever queued during the previous round trip, so
+// it is one request at low load and grows with the load.
+//
+// A batch is decided in arrival order by one script run, so it is exactly
+// as if its requests had reached Redis one after another at that instant:
+// two requests of one identity in a batch see each other.
+//
+// In a Cluster, the requests of a batch are spread over slots, which one
+// script cannot span; they go as one pipeline of single-request calls
+// instead (go-redis sends one write per master).
+
+const (
+	// maxBatch bounds a call: Redis runs a script to its end, so a batch is
+	// kept short (about 3 µs of Redis time per request here).
+	maxBatch = 64
+	// defaultInflight is how many calls may be out at once.
+	defaultInflight = 1
+)
+
+// pending is one request's decision on its way through a batch.
+type pending struct {
+	ctx      context.Context
+	deadline time.Time // zero: none
+	p        *Policy
+	key      []byte
+	d        Decision
+	err      error
+	done     chan struct{} // one send when d and err are set, for a queued request
+}
+
+// MarshalBinary is how go-redis writes the key of a pending request: as
+// its bytes, with no string made for it.
+func (it *pending) MarshalBinary() ([]byte, error) { return it.key, nil }
+
+var pendingPool = sync.Pool{New: func() any { return &pending{done: make(chan struct{}, 1)} }}
+
+// call is one script call's buffers, reused.
+type call struct {
+	items []*pending
+	args  []any
+	pols  []*Policy
+}
+
+var callPool = sync.Pool{New: func() any { return &call{} }}
+
+// batcher queues the requests waiting for a call slot.
+type batcher struct {
+	mu          sync.Mutex
+	queue       []*pending
+	inflight    int // calls out, or about to be, including starting flushers
+	starting    int // flushers started that have not taken from the queue yet
+	maxInflight int
+}
+
+// Scripts' argument values, boxed once.
+var (
+	argEvalSHA any = "evalsha"
+	argEval    any = "eval"
+	argSHA     any = slidingLogScript.Hash()
+	argSource  any = slidingLogLua
+)
+
+// allow decides one sliding-log request, batched with the concurrent ones.
+// It returns when Redis answered, at deadline (when not zero) or when ctx
+// ends.
+func (r *Redis) allow(ctx context.Context, deadline time.Time, p *Policy, k Key) (Decision, error) {
+	it := pendingPool.Get().(*pending)
+	it.ctx, it.deadline, it.p = ctx, deadline, p
+	it.key = appendRedisKey(it.key[:0], r.prefix, p.ID, k)
+	b := &r.batch
+
+	b.mu.Lock()
+	if len(b.queue) == 0 && b.inflight < b.maxInflight {
+		// A free slot and nobody waiting: this request goes now, alone.
+		b.inflight++
+		b.mu.Unlock()
+		c := callPool.Get().(*call)
+		c.items = append(c.items[:0], it)
+		r.run(c)
+		callPool.Put(c)
+		r.handOver()
+		return it.release()
+	}
+	b.queue = append(b.queue, it)
+	if b.inflight < b.maxInflight && b.starting == 0 {
+		b.inflight++
+		b.starting++
+		go r.flush()
+	}
+	b.mu.Unlock()
+
+	select {
+	case <-it.done:
+		return it.release()
+	case <-ctx.Done():
+		// it stays with its batch, which will still write to it: it is
+		// left to the garbage collector instead of the pool.
+		return Decision{}, ctx.Err()
+	}
+}
+
+// release returns it to the pool with its outcome.
+func (it *pending) release() (Decision, error) {
+	d, err := it.d, it.err
+	it.ctx, it.p, it.d, it.err = nil, nil, Decision{}, nil
+	pendingPool.Put(it)
+	return d, err
+}
+
+// handOver ends a call made by a request's own goroutine: its slot goes to
+// a flusher when requests queued meanwhile and none is starting.
+func (r *Redis) handOver() {
+	b := &r.batch
+	b.mu.Lock()
+	if len(b.queue) > 0 && b.starting == 0 {
+		b.starting++
+		b.mu.Unlock()
+		go r.flush()
+		return
+	}
+	b.inflight--
+	b.mu.Unlock()
+}
+
+// flush sends the queue, a batch per call, until it is empty.
+func (r *Redis) flush() {
+	// The requests that are ready to run reach the queue before this call
+	// is sent (at no cost when there are none).
+	runtime.Gosched()
+	b := &r.batch
+	first := true
+	for {
+		b.mu.Lock()
+		if first {
+			b.starting--
+			first = false
+		}
+		if len(b.queue) == 0 {
+			b.inflight--
+			b.mu.Unlock()
+			return
+		}
+		c := callPool.Get().(*call)
+		n := min(len(b.queue), maxBatch)
+		c.items = append(c.items[:0], b.queue[:n]...)
+		rest := copy(b.queue, b.queue[n:])
+		clear(b.queue[rest:])
+		b.queue = b.queue[:rest]
+		if rest > 0 && b.inflight < b.maxInflight && b.starting == 0 {
+			b.inflight++
+			b.starting++
+			go r.flush()
+		}
+		b.mu.Unlock()
+
+		r.run(c)
+		for _, it := range c.items {
+			it.done <- struct{}{}
+		}
+		clear(c.items)
+		callPool.Put(c)
+	}
+}
+
+// run decides c's requests, setting each one's d or err. Requests whose
+// deadline passed or whose client left are not sent.
+func (r *Redis) run(c *call) {
+	now := time.Now()
+	var deadline time.Time
+	live := 0
+	for i, it := range c.items {
+		switch {
+		case it.ctx.Err() != nil:
+			it.err = it.ctx.Err()
+			continue
+		case !it.deadline.IsZero() && !now.Before(it.deadline):
+			it.err = context.DeadlineExceeded
+			continue
+		}
+		// The call ends at the earliest deadline of its requests: no
+		// request waits on Redis longer than it was allowed to.
+		if !it.deadline.IsZero() && (deadline.IsZero() || it.deadline.Before(deadline)) {
+			deadline = it.deadline
+		}
+		// The requests to send go first; the others stay in c.items, to
+		// be told.
+		c.items[live], c.items[i] = it, c.items[live]
+		live++
+	}
+	ctx := context.Background()
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	items := c.items[:live]
+	if len(items) == 0 {
+		return
+	}
+	if cc, ok := r.client.(*redis.ClusterClient); ok {
+		r.runPipeline(ctx, cc, items)
+		return
+	}
+	args := append(c.args[:0], argEvalSHA, argSHA, len(items))
+	for _, it := range items {
+		args = append(args, it)
+	}
+	// Each policy of the call once (a call usually has one), then each
+	// request's policy by index.
+	pols := c.pols[:0]
+	for _, it := range items {
+		if !slices.Contains(pols, it.p) {
+			pols = append(pols, it.p)
+		}
+	}
+	args = append(args, len(pols))
+	for _, p := range pols {
+		args = append(args, p.scriptArgs...)
+	}
+	for _, it := range items {
+		args = append(args, slices.Index(pols, it.p)+1)
+	}
+	clear(pols)
+	c.pols = pols[:0]
+	cmd := r.client.Do(ctx, args...)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		// Redis restarted or was flushed: EVAL loads the script again.
+		args[0], args[1] = argEval, argSource
+		cmd = r.client.Do(ctx, args...)
+	}
+	clear(args)
+	c.args = args[:0]
+	reply, err := cmd.Text()
+	if err == nil {
+		err = parseReply(reply, items)
+	}
+	if err != nil {
+		for _, it := range items {
+			it.err = fmt.Errorf("rate-limit script: %w", err)
+		}
+	}
+}
+
+// runPipeline decides items in a Cluster: one single-request call each,
+// pipelined.
+func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items []*pending) {
+	cmds := make([]*redis.Cmd, len(items))
+	_, _ = cc.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, it := range items {
+			args := make([]any, 0, 6+len(it.p.scriptArgs))
+			args = append(args, argEvalSHA, argSHA, 1, string(it.key), 1)
+			args = append(args, it.p.scriptArgs...)
+			args = append(args, 1)
+			cmds[i] = pipe.Do(ctx, args...)
+		}
+		return nil
+	})
+	for i, it := range items {
+		cmd := cmds[i]
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			args := cmd.Args()
+			args[0], args[1] = argEval, argSource
+			cmd = cc.Do(ctx, args...)
+		}
+		reply, err := cmd.Text()
+		if err == nil {
+			err = parseReply(reply, items[i:i+1])
+		}
+		if err != nil {
+			it.err = fmt.Errorf("rate-limit script: %w", err)
+		}
+	}
+}
+
+// parseReply reads the script's reply into items.
+func parseReply(reply string, items []*pending) error {
+	body, failure, _ := cutByte(reply, '|')
+	rest := body
+	for _, it := range items {
+		var f [4]int64
+		errItem := false
+		for i := range f {
+			var tok string
+			tok, rest = nextField(rest)
+			if tok == "e" && i == 0 {
+				errItem = true
+				continue
+			}
+			v, ok := parseInt(tok)
+			if !ok {
+				return fmt.Errorf("unexpected reply %q", reply)
+			}
+			f[i] = v
+		}
+		switch {
+		case errItem:
+			it.err = fmt.Errorf("rate-limit script: %s", failure)
+		case f[0] > 1 || f[0] < 0 || f[1] < 0 || int(f[1]) >= len(it.p.Tiers):
+			return fmt.Errorf("unexpected reply %q", reply)
+		default:
+			it.d = Decision{
+				Allowed:   f[0] == 1,
+				Tier:      int(f[1]),
+				Remaining: f[2],
+				Reset:     time.Duration(f[3]) * time.Microsecond,
+			}
+		}
+	}
+	if rest != "" {
+		return fmt.Errorf("unexpected reply %q", reply)
+	}
+	return nil
+}
+
+func cutByte(s string, c byte) (before, after string, found bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+// nextField returns the first space-separated field of s and what follows.
+func nextField(s string) (field, rest string) {
+	f, r, _ := cutByte(s, ' ')
+	return f, r
+}
+
+// parseInt parses a decimal integer with an optional minus sign.
+func parseInt(s string) (int64, bool) {
+	neg := false
+	if len(s) > 0 && s[0] == '-' {
+		neg, s = true, s[1:]
+	}
+	if len(s) == 0 || len(s) > 18 {
+		return 0, false
+	}
+	var v int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int64(c-'0')
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
+}
