@@ -340,11 +340,16 @@ type denyShard struct {
 }
 
 // flight is one Redis call in progress for an identity; done closes when
-// its answer is known, and remaining is then the quota it left.
+// its answer is known, and remaining is then the quota it left. done is
+// made by the first request that waits on the flight: a flight nobody
+// joined (the common case) costs no channel and goes back to the pool.
 type flight struct {
 	done      chan struct{}
+	waiters   int // under the shard's lock
 	remaining int64
 }
+
+var flightPool = sync.Pool{New: func() any { return new(flight) }}
 
 // join returns the flight in progress for k under p, or starts one and
 // reports that the caller leads it.
@@ -353,9 +358,13 @@ func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f := s.flights[denyKey{p, k}]; f != nil {
+		if f.done == nil {
+			f.done = make(chan struct{})
+		}
+		f.waiters++
 		return f, false
 	}
-	f = &flight{done: make(chan struct{})}
+	f = flightPool.Get().(*flight)
 	s.flights[denyKey{p, k}] = f
 	return f, true
 }
@@ -365,8 +374,15 @@ func (c *denyCache) land(p *Policy, k Key, f *flight) {
 	s := c.shard(k)
 	s.mu.Lock()
 	delete(s.flights, denyKey{p, k})
+	done, alone := f.done, f.waiters == 0
 	s.mu.Unlock()
-	close(f.done)
+	if done != nil {
+		close(done)
+	}
+	if alone {
+		*f = flight{}
+		flightPool.Put(f)
+	}
 }
 
 func newDenyCache(size int) *denyCache {
