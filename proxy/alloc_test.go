@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -70,12 +71,7 @@ func TestAllocsVsBareProxy(t *testing.T) {
 		t.Skip("allocation counts are not meaningful under -race")
 	}
 	bare := chainAllocs(t, bareProxy(), func() {})
-	h := newHarness(t, harnessOpt{transport: staticTransport{200, []byte(`{"ok":true}`)}, yaml: `
-upstream: {url: "${UPSTREAM}"}
-routes: [{pattern: "/api/v1/", auth: secret}]
-`})
-	h.gateway.log = discardLogger
-	h.gateway.access = nil
+	h := allocHarness(t)
 	full := chainAllocs(t, h.gateway, func() { h.clock.Advance(2 * time.Minute) })
 	t.Logf("bare ReverseProxy: %v allocs/request; deskgate chain (auth, rate limit, metrics; access log off): %v", bare, full)
 	if full > bare {
@@ -85,16 +81,31 @@ routes: [{pattern: "/api/v1/", auth: secret}]
 
 var discardLogger = slog.New(slog.DiscardHandler)
 
-// benchGateway serves proxied requests of 2,000 keys in turn through the
-// chain, with the access log going to log: the benchmarks of
-// TestAllocsVsBareProxy's chain, for profiles.
-func benchGateway(b *testing.B, access io.Writer) {
-	h := newHarness(b, harnessOpt{transport: staticTransport{200, []byte(`{"ok":true}`)}, yaml: `
+// allocHarness is the chain as bench/run runs it, in process: a file key
+// store where each of keyedRequests' keys is its own app (so X-App-Id goes
+// upstream), limits by app, metrics; no access log, a static upstream.
+func allocHarness(t testing.TB) *harness {
+	var keys strings.Builder
+	keys.WriteString("apps:\n")
+	for i := range len(keyedRequests()) {
+		fmt.Fprintf(&keys, "  - {id: app_%d, keys: [{key: sk_live_%024d}]}\n", i, i)
+	}
+	h := newHarness(t, harnessOpt{transport: staticTransport{200, []byte(`{"ok":true}`)}, keyFile: keys.String(), yaml: `
 upstream: {url: "${UPSTREAM}"}
+auth: {store: file, file: keys.yaml}
+rate_limit: {key_by: app}
 routes: [{pattern: "/api/v1/", auth: secret}]
 `})
 	h.gateway.log = discardLogger
 	h.gateway.access = nil
+	return h
+}
+
+// benchGateway serves proxied requests of 2,000 keys in turn through the
+// chain, with the access log going to log: the benchmarks of
+// TestAllocsVsBareProxy's chain, for profiles.
+func benchGateway(b *testing.B, access io.Writer) {
+	h := allocHarness(b)
 	if access != nil {
 		h.gateway.access = &accessWriter{w: access, level: slog.LevelInfo}
 	}

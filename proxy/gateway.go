@@ -527,7 +527,8 @@ func (rt *route) serve(st *state, r *http.Request) {
 		}
 	}
 	if id.AppID != "" {
-		h["X-App-Id"] = []string{id.AppID}
+		st.appHdr[0] = id.AppID
+		h["X-App-Id"] = st.appHdr[:]
 	}
 	h["X-Request-Id"] = st.idHdr[:]
 	if !st.trusted {

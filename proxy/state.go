@@ -23,8 +23,10 @@ type state struct {
 	requestID string
 	// idBuf holds a generated request id and idHdr the header value
 	// slice, both inside this one allocation.
-	idBuf    [32]byte
-	idHdr    [1]string
+	idBuf [32]byte
+	idHdr [1]string
+	// appHdr is the X-App-Id value slice sent upstream.
+	appHdr   [1]string
 	clientIP netip.Addr
 	peer     netip.Addr
 	trusted  bool // the peer is a trusted proxy

@@ -209,6 +209,9 @@ var names = map[string]string{
 	"nginx-key": "nginx + key check + `limit_req`",
 	"bareproxy": "bare Go `httputil.ReverseProxy`",
 	"deskgate":  "**deskgate** (file keys, Redis limits, metrics, log)",
+	// A diagnostic twin, not a product configuration: what the Redis hop
+	// costs, measured in the same run.
+	"deskgate-local": "deskgate, limits in process (diagnostic: no Redis hop)",
 }
 
 func main() {
@@ -246,7 +249,7 @@ func main() {
 	fmt.Println()
 	fmt.Println("| target | req/s (wrk, closed loop) | × upstream alone | server CPU µs/req | + redis-server µs/req | = total µs/req | upstream CPU µs/req | p50 µs @open loop | p99 µs | added p50 µs | added p99 µs | quiet reps | Redis cmds/req | non-2xx |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate"} {
+	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate", "deskgate-local"} {
 		if d[t] == nil {
 			continue
 		}
@@ -276,7 +279,7 @@ func main() {
 	fmt.Println()
 	fmt.Println("| target | p50 | p90 | p99 | p99.9 | max | dispatcher late (max) | achieved rate | server CPU µs/req at this rate | errors | non-2xx |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate"} {
+	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate", "deskgate-local"} {
 		if d[t] == nil {
 			continue
 		}
@@ -295,7 +298,7 @@ func main() {
 	fmt.Println()
 	fmt.Println("| target | wrk: server core | wrk: load core | wrk re-runs | open loop: server core | open loop: load core | open-loop re-runs |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
-	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate", "deskgate-reject", "deskgate-noauth"} {
+	for _, t := range []string{"upstream", "nginx", "nginx-key", "bareproxy", "deskgate", "deskgate-local", "deskgate-reject", "deskgate-noauth"} {
 		if d[t] == nil {
 			continue
 		}
@@ -333,6 +336,12 @@ func main() {
 			fmt.Printf("| (reference) bare Go proxy, same load | %s | %s | %s | %s | — | — | — |\n",
 				format(d.metric("bareproxy", "rps"), "int"), format(d.ratio("bareproxy", "rps", "deskgate", "rps"), "x"),
 				format(d.metric("bareproxy", "cpu_us"), "1"), al("bareproxy"))
+		}
+		if d["deskgate-local"] != nil {
+			t := "deskgate-local"
+			fmt.Printf("| (diagnostic) deskgate with its limits in process, same load | %s | %s | %s | %s | — | — | 429s: %s in all runs |\n",
+				format(d.metric(t, "rps"), "int"), format(d.ratio(t, "rps", "deskgate", "rps"), "x"),
+				format(d.metric(t, "cpu_us"), "1"), al(t), group(total(d.metric(t, "n429"))))
 		}
 		if d["deskgate-reject"] != nil {
 			t := "deskgate-reject"
@@ -372,6 +381,10 @@ func main() {
 		}
 		r := d.ratio("deskgate", "rps", "bareproxy", "rps")
 		fmt.Printf("| req/s vs bare Go proxy | ≥ 0.90x | %s | %s |\n", format(r, "x"), verdict(r, func(x float64) bool { return x >= 0.9 }))
+		if d["deskgate-local"] != nil {
+			rl := d.ratio("deskgate-local", "rps", "bareproxy", "rps")
+			fmt.Printf("| (diagnostic) the same for deskgate with its limits in process | ≥ 0.90x | %s | %s |\n", format(rl, "x"), verdict(rl, func(x float64) bool { return x >= 0.9 }))
+		}
 		c := d.sum("deskgate", "cpu_us", "redis_cpu_us")
 		fmt.Printf("| server CPU per request incl. Redis | ≤ 60 µs | %s µs | %s |\n", format(c, "1"), verdict(c, func(x float64) bool { return x <= 60 }))
 		qs := []string{"deskgate", "nginx-key", "upstream"}
