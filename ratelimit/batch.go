@@ -29,13 +29,17 @@ import (
 // script cannot span; they go as one pipeline of single-request calls
 // instead (go-redis sends one write per master).
 
-const (
-	// maxBatch bounds a call: Redis runs a script to its end, so a batch is
-	// kept short (about 3 µs of Redis time per request here).
-	maxBatch = 64
-	// defaultInflight is how many calls may be out at once.
-	defaultInflight = 1
-)
+// maxBatch bounds a call: Redis runs a script to its end, so a batch is
+// kept short (about 10 µs of Redis time per request here: a full batch
+// holds Redis for well under a millisecond).
+const maxBatch = 64
+
+// defaultInflight is how many calls may be out at once: one per core the
+// process may use, four at most. One call out makes the largest batches
+// (the least CPU per decision, on both sides); with more cores, a second
+// call out shortens the wait of a request that arrives while one is out,
+// for the same CPU (BenchmarkRealRedisConcurrent, BENCHMARKS.md).
+func defaultInflight() int { return min(runtime.GOMAXPROCS(0), 4) }
 
 // pending is one request's decision on its way through a batch.
 type pending struct {

@@ -63,7 +63,7 @@ func evalCalls(b *testing.B, c *redis.Client) int64 {
 // BenchmarkRealRedisConcurrent decides from 32 goroutines at once (a
 // gateway under load) over 100,000 identities, without batching (every
 // request its own call: maxInflight unbounded) and with 1, 2 or 4 calls
-// out at once (defaultInflight is the default). Besides ns/op, it reports
+// out at once (the default is one per core, four at most). Besides ns/op, it reports
 // the CPU per decision of this process (client-µs/op) and of redis-server
 // (redis-µs/op), and the decisions per script call.
 func BenchmarkRealRedisConcurrent(b *testing.B) {

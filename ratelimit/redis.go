@@ -149,7 +149,7 @@ const KeyPrefix = "deskgate:rl:"
 // (EVALSHA, falling back to EVAL on NOSCRIPT, as after a Redis restart).
 func NewRedis(client redis.UniversalClient) *Redis {
 	r := &Redis{client: client, gcra: redis_rate.NewLimiter(client), prefix: KeyPrefix}
-	r.batch.maxInflight = defaultInflight
+	r.batch.maxInflight = defaultInflight()
 	return r
 }
 
