@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -153,13 +155,9 @@ func (r *Redis) flush() {
 	// is sent (at no cost when there are none).
 	runtime.Gosched()
 	b := &r.batch
-	first := true
+	b.mu.Lock()
+	b.starting--
 	for {
-		b.mu.Lock()
-		if first {
-			b.starting--
-			first = false
-		}
 		if len(b.queue) == 0 {
 			b.inflight--
 			b.mu.Unlock()
@@ -184,6 +182,7 @@ func (r *Redis) flush() {
 		}
 		clear(c.items)
 		callPool.Put(c)
+		b.mu.Lock()
 	}
 }
 
@@ -299,20 +298,19 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 
 // parseReply reads the script's reply into items.
 func parseReply(reply string, items []*pending) error {
-	body, failure, _ := cutByte(reply, '|')
-	rest := body
+	rest, failure, _ := strings.Cut(reply, "|")
 	for _, it := range items {
 		var f [4]int64
 		errItem := false
 		for i := range f {
 			var tok string
-			tok, rest = nextField(rest)
+			tok, rest, _ = strings.Cut(rest, " ")
 			if tok == "e" && i == 0 {
 				errItem = true
 				continue
 			}
-			v, ok := parseInt(tok)
-			if !ok {
+			v, err := strconv.ParseInt(tok, 10, 64)
+			if err != nil {
 				return fmt.Errorf("unexpected reply %q", reply)
 			}
 			f[i] = v
@@ -335,42 +333,4 @@ func parseReply(reply string, items []*pending) error {
 		return fmt.Errorf("unexpected reply %q", reply)
 	}
 	return nil
-}
-
-func cutByte(s string, c byte) (before, after string, found bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
-
-// nextField returns the first space-separated field of s and what follows.
-func nextField(s string) (field, rest string) {
-	f, r, _ := cutByte(s, ' ')
-	return f, r
-}
-
-// parseInt parses a decimal integer with an optional minus sign.
-func parseInt(s string) (int64, bool) {
-	neg := false
-	if len(s) > 0 && s[0] == '-' {
-		neg, s = true, s[1:]
-	}
-	if len(s) == 0 || len(s) > 18 {
-		return 0, false
-	}
-	var v int64
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		v = v*10 + int64(c-'0')
-	}
-	if neg {
-		v = -v
-	}
-	return v, true
 }

@@ -41,25 +41,6 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// evalCalls returns the script calls Redis ran since the last RESETSTAT.
-func evalCalls(b *testing.B, c *redis.Client) int64 {
-	info, err := c.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var n int64
-	for _, line := range strings.Split(info, "\r\n") {
-		for _, cmd := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
-			if rest, ok := strings.CutPrefix(line, cmd); ok {
-				v, _, _ := strings.Cut(rest, ",")
-				x, _ := strconv.ParseInt(v, 10, 64)
-				n += x
-			}
-		}
-	}
-	return n
-}
-
 // BenchmarkRealRedisConcurrent decides from 32 goroutines at once (a
 // gateway under load) over 100,000 identities, without batching (every
 // request its own call: maxInflight unbounded) and with 1, 2 or 4 calls
@@ -103,7 +84,7 @@ func BenchmarkRealRedisConcurrent(b *testing.B) {
 			n := float64(b.N)
 			b.ReportMetric(float64(redisCPU(b, client)-r0)/1e3/n, "redis-µs/op")
 			b.ReportMetric(float64(selfCPU()-c0)/1e3/n, "client-µs/op")
-			b.ReportMetric(n/float64(max(1, evalCalls(b, client))), "decisions/call")
+			b.ReportMetric(n/float64(max(1, scriptCalls(b, client))), "decisions/call")
 		})
 	}
 }

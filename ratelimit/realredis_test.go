@@ -128,17 +128,23 @@ func TestRealRedisTwoReplicas(t *testing.T) {
 	}
 }
 
-// TestRealRedisCluster guards the Cluster topology: identities spread over
-// the masters' slots, each identity's keys in one slot, limits exact.
-func TestRealRedisCluster(t *testing.T) {
-	c := redistest.StartCluster(t, 3)
+// clusterClient returns deskgate's client of c, built from config as in
+// production.
+func clusterClient(t *testing.T, c *redistest.Cluster) redis.UniversalClient {
 	cfg := redisConfig(t, "{addrs: ["+strings.Join(c.Addrs(), ", ")+"], cluster: true, timeout: 2s}")
 	client, err := NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	store := NewRedis(client)
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+// TestRealRedisCluster guards the Cluster topology: identities spread over
+// the masters' slots, each identity's keys in one slot, limits exact.
+func TestRealRedisCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	store := NewRedis(clusterClient(t, c))
 	if err := store.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +173,7 @@ func TestRealRedisCluster(t *testing.T) {
 	cc := c.Client(t)
 	used := 0
 	var mu sync.Mutex
-	err = cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+	err := cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
 		n, err := m.DBSize(ctx).Result()
 		if err != nil {
 			return err

@@ -376,23 +376,7 @@ func TestFailurePolicies(t *testing.T) {
 // TestRedisTimeout guards "a Redis call never holds a request longer than
 // redis.timeout": a server that accepts and never answers.
 func TestRedisTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, silent
-		}
-	}()
-	client := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), MaxRetries: -1, ContextTimeoutEnabled: true})
-	defer client.Close()
-	l, _ := newTestLimiter(t, NewRedis(client), FailLocal, nil)
+	l, _ := newTestLimiter(t, NewRedis(silentRedis(t)), FailLocal, nil)
 	start := time.Now()
 	d, err := l.Allow(context.Background(), defaultPolicy(t), Key{1})
 	if el := time.Since(start); el > 600*time.Millisecond {
@@ -406,6 +390,28 @@ func TestRedisTimeout(t *testing.T) {
 	if el := time.Since(start); el > 50*time.Millisecond {
 		t.Errorf("second decision took %s: it should not wait on a Redis known to be down", el)
 	}
+}
+
+// silentRedis returns a client of a server that accepts connections and
+// never answers.
+func silentRedis(t *testing.T) *redis.Client {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, silent
+		}
+	}()
+	client := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { client.Close() })
+	return client
 }
 
 // TestNewClient checks the topologies of SPEC §4 are built from config.
