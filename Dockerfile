@@ -10,7 +10,7 @@
 # deploy_test.go builds the binary with exactly the flags of the `go build`
 # lines below (no Docker engine runs in CI): change them here only.
 
-FROM golang:1.26 AS src
+FROM golang:1.26.11 AS src
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -104,9 +104,21 @@ func TestDockerfileBuild(t *testing.T) {
 	if goVer == nil {
 		t.Fatal("go.mod has no go directive")
 	}
+	// The builder image is pinned to the patch release go.mod's toolchain
+	// line names, so the image is built with the same patched standard
+	// library that CI tests and .ci/vulncheck checks.
+	toolchain := regexp.MustCompile(`(?m)^toolchain go(\d+\.\d+\.\d+)\s*$`).FindSubmatch(gomod)
+	if toolchain == nil {
+		t.Fatal("go.mod has no toolchain line pinning a patch release")
+	}
 	for _, s := range img.stages {
-		if img.stage(s.base) == nil && strings.HasPrefix(s.base, "golang:") && !strings.HasPrefix(s.base, "golang:"+string(goVer[1])) {
-			t.Errorf("stage %s builds with %s; go.mod says go %s", s.name, s.base, goVer[1])
+		if img.stage(s.base) == nil && strings.HasPrefix(s.base, "golang:") {
+			if !strings.HasPrefix(s.base, "golang:"+string(goVer[1])) {
+				t.Errorf("stage %s builds with %s; go.mod says go %s", s.name, s.base, goVer[1])
+			}
+			if tag := strings.TrimPrefix(s.base, "golang:"); tag != string(toolchain[1]) && !strings.HasPrefix(tag, string(toolchain[1])+"-") {
+				t.Errorf("stage %s builds with %s; go.mod pins toolchain go%s", s.name, s.base, toolchain[1])
+			}
 		}
 	}
 	for _, s := range []*dockerStage{final, img.stage("supportdesk")} {
