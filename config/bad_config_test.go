@@ -26,10 +26,10 @@ var badConfigs = map[string][]string{
 		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, routes, watch_config, messages, log)",
 	},
 	"unknown_nested_key": {
-		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies)",
+		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
 	},
 	"unknown_route_key": {
-		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout)",
+		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket)",
 	},
 	"unknown_route_rate_limit_key": {
 		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
@@ -222,7 +222,7 @@ var badConfigs = map[string][]string{
 		"upstream.url: environment variable DG_UNSET is not set (use ${DG_UNSET:-default} for a default)",
 		"upstream.timeout: must not be negative",
 		`watch_config: want true or false, got "yes"`,
-		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout)",
+		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket)",
 		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
 		`log: want a mapping of keys, got "info"`,
 	},

@@ -52,6 +52,10 @@ type Server struct {
 	// TrustedProxies lists the CIDRs (or single addresses) whose
 	// X-Forwarded-For is believed. Empty means nobody's.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// AllowSemicolonPaths lets paths with a `;` through (SPEC §7). Unsafe
+	// in front of servlet or Spring upstreams, which drop `;params` and
+	// so serve another path than the one the route was judged on.
+	AllowSemicolonPaths bool `yaml:"allow_semicolon_paths"`
 }
 
 // Admin is the admin listener (/metrics, /healthz, /readyz).
@@ -148,6 +152,10 @@ type Route struct {
 	Upstream string `yaml:"upstream"`
 	// Timeout overrides upstream.timeout when non-zero.
 	Timeout Duration `yaml:"timeout"`
+	// WebSocket lets `Upgrade: websocket` requests through to the
+	// upstream. Off by default: every other upgrade, and a websocket one
+	// on a route without it, is stripped and proxied as a plain request.
+	WebSocket bool `yaml:"websocket"`
 }
 
 // RouteRateLimit is a route's `rate_limit:`, which is either a boolean

@@ -64,19 +64,21 @@ type Options struct {
 
 // Gateway is the public handler for one config.
 type Gateway struct {
-	mux       *http.ServeMux
-	catalog   *apierror.Catalog
-	auth      Authenticator
-	limiter   Limiter
-	log       *slog.Logger
-	trusted   []netip.Prefix
-	maxBody   int64
-	fwdKey    bool
-	access    *accessWriter
-	unmatched *metrics.Route
-	transport []*http.Transport
-	routes    []*route
-	cache     routeCache
+	mux     *http.ServeMux
+	catalog *apierror.Catalog
+	auth    Authenticator
+	limiter Limiter
+	log     *slog.Logger
+	trusted []netip.Prefix
+	maxBody int64
+	fwdKey  bool
+	// semicolons is server.allow_semicolon_paths (SPEC §7).
+	semicolons bool
+	access     *accessWriter
+	unmatched  *metrics.Route
+	transport  []*http.Transport
+	routes     []*route
+	cache      routeCache
 	// hostPatterns is set when a pattern names a host, which then takes
 	// part in route lookups.
 	hostPatterns bool
@@ -91,8 +93,10 @@ type route struct {
 	limit   *bucket
 	keyByIP bool
 	keyBy   string
-	proxy   *httputil.ReverseProxy
-	metrics *metrics.Route
+	// websocket is routes[].websocket: Upgrade: websocket goes through.
+	websocket bool
+	proxy     *httputil.ReverseProxy
+	metrics   *metrics.Route
 }
 
 // bucket is one budget: its default policy and, for the global bucket,
@@ -134,6 +138,8 @@ func New(o Options) (*Gateway, error) {
 		log:     o.Logger,
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
+
+		semicolons: cfg.Server.AllowSemicolonPaths,
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel
@@ -173,7 +179,7 @@ func New(o Options) (*Gateway, error) {
 
 	transports := map[time.Duration]http.RoundTripper{}
 	for i, rc := range cfg.Routes {
-		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy}
+		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy, websocket: rc.WebSocket}
 		if rt.policy, err = auth.ParsePolicy(rc.Auth); err != nil {
 			return nil, fmt.Errorf("routes[%d].auth: %w", i, err)
 		}
@@ -400,6 +406,14 @@ func (g *Gateway) reply(st *state, r *http.Request, e *apierror.Error) {
 // redirects with text of its own; deskgate answers them in the standard
 // shape instead.
 func (g *Gateway) route(st *state, r *http.Request) {
+	// SPEC §7: a control byte, or a `;` that a servlet upstream would
+	// cut the path at, means the path the route is judged on may not be
+	// the one the upstream serves. Go has already decoded %XX (and
+	// refused raw control bytes in the request line).
+	if err := checkPath(r.URL.Path, g.semicolons); err != nil {
+		g.reply(st, r, err)
+		return
+	}
 	// Judge and forward one and the same path: the decoded, cleaned one.
 	// An escaped slash or backslash (%2F, %5C) is decoded too, as
 	// Envoy's UNESCAPE_AND_FORWARD does: ServeMux would keep "a%2Fb" as
@@ -444,6 +458,26 @@ func (g *Gateway) route(st *state, r *http.Request) {
 	// No route, or a redirect to a path with a trailing slash: a gateway
 	// does not redirect on the upstream's behalf.
 	g.reply(st, r, apierror.ErrNotFound)
+}
+
+// The causes of a refused path, for the log.
+var (
+	errPathControl   = apierror.New(apierror.BadRequest, errors.New("control byte in path"))
+	errPathSemicolon = apierror.New(apierror.BadRequest, errors.New("';' in path (server.allow_semicolon_paths is false)"))
+)
+
+// checkPath refuses a decoded path holding a control byte (0x00–0x1F,
+// 0x7F) or, unless semicolons is set, a `;`.
+func checkPath(p string, semicolons bool) *apierror.Error {
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c < 0x20 || c == 0x7f:
+			return errPathControl
+		case c == ';' && !semicolons:
+			return errPathSemicolon
+		}
+	}
+	return nil
 }
 
 // hasEscapedSlash reports whether an escaped path holds %2F or %5C.
@@ -517,14 +551,17 @@ func (rt *route) serve(st *state, r *http.Request) {
 	}
 
 	// Headers for the upstream (SPEC §3). The client's copies of the
-	// identity headers are never trusted.
+	// identity headers are never trusted. The ones set here are set
+	// again on the outbound request by restoreOwnHeaders, after
+	// ReverseProxy has removed what the client's Connection header named.
 	delete(h, "X-App-Id")
 	delete(h, "X-Api-Key-Type")
 	if id.Key.Type != 0 {
 		h["X-Api-Key-Type"] = keyTypeHeader[id.Key.Type]
-		if !g.fwdKey {
-			delete(h, "X-Api-Key")
-		}
+	}
+	if !g.fwdKey {
+		// Whatever the route's auth: the key never leaves (SPEC §3).
+		delete(h, "X-Api-Key")
 	}
 	if id.AppID != "" {
 		st.appHdr[0] = id.AppID
@@ -533,17 +570,64 @@ func (rt *route) serve(st *state, r *http.Request) {
 	h["X-Request-Id"] = st.idHdr[:]
 	if !st.trusted {
 		// Forwarding headers from an untrusted peer are lies until
-		// proven otherwise; Rewrite sets ours.
-		delete(h, "X-Forwarded-For")
-		delete(h, "X-Forwarded-Host")
-		delete(h, "X-Forwarded-Proto")
-		delete(h, "Forwarded")
+		// proven otherwise; Rewrite sets ours. So are the other
+		// client-address headers, and the headers some frameworks
+		// honour to act on another method or path than the one the
+		// route was judged on.
+		for _, k := range untrustedHeaders {
+			delete(h, k)
+		}
+	}
+	if _, ok := h["Upgrade"]; ok && !(rt.websocket && isWebSocket(h["Upgrade"])) {
+		// Only a websocket upgrade on a route that opted in becomes a
+		// tunnel; any other (h2c, a websocket on another route) goes
+		// up as a plain request, as nginx does without an explicit
+		// Upgrade header in its config. After a 101, ReverseProxy
+		// relays bytes blindly: no auth, limit or log per request.
+		delete(h, "Upgrade")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
 	}
 	st.proxyStart = time.Now()
 	rt.proxy.ServeHTTP(&st.w, r)
+}
+
+// untrustedHeaders are removed from the requests of a peer that is not a
+// trusted proxy (SPEC §7): forwarding and client-address headers, which
+// it could use to pose as another client, and method and URL overrides,
+// which an upstream framework would honour after the route was judged.
+var untrustedHeaders = [...]string{
+	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
+	"X-Real-Ip", "True-Client-Ip", "X-Client-Ip",
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override",
+	"X-Original-Url", "X-Rewrite-Url",
+}
+
+// ownHeaders are the headers deskgate sets (or lets through) for the
+// upstream that a client must not remove by naming them in Connection.
+// X-Forwarded-* are set in Rewrite, after that removal.
+var ownHeaders = [...]string{
+	"X-App-Id", "X-Api-Key-Type", "X-Request-Id", "X-Api-Key",
+	"Traceparent", "Tracestate",
+}
+
+// restoreOwnHeaders sets on the outbound request the headers of
+// ownHeaders that the inbound one carries. ReverseProxy removes every
+// header the client's Connection names before Rewrite runs, so the
+// client could otherwise make X-Api-Key-Type or X-Request-Id vanish.
+func restoreOwnHeaders(in, out http.Header) {
+	for _, k := range ownHeaders {
+		if v, ok := in[k]; ok {
+			out[k] = v
+		}
+	}
+}
+
+// isWebSocket reports whether an Upgrade header asks for websocket and
+// nothing else.
+func isWebSocket(v []string) bool {
+	return len(v) == 1 && strings.EqualFold(strings.TrimSpace(v[0]), "websocket")
 }
 
 // keyTypeHeader holds the X-Api-Key-Type values, shared: ReverseProxy
@@ -637,6 +721,7 @@ func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripp
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
+			restoreOwnHeaders(pr.In.Header, pr.Out.Header)
 			setXForwarded(pr)
 		},
 		Transport:      tr,

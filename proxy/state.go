@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -94,6 +96,20 @@ func (w *responseWriter) Write(b []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(b)
 	w.written += int64(n)
 	return n, err
+}
+
+// Hijack takes the connection over for a protocol upgrade: ReverseProxy
+// does so after an upstream's 101, writing the answer itself, so the
+// status is recorded here (logged and counted as 101, not 0).
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+		if !w.st.proxyStart.IsZero() && w.st.upstream == 0 {
+			w.st.upstream = time.Since(w.st.proxyStart)
+		}
+	}
+	return c, brw, err
 }
 
 // Unwrap returns the server's writer.

@@ -112,7 +112,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 		line, _ := brw.ReadString('\n')
 		brw.WriteString("echo:" + line)
 		brw.Flush()
-	})})
+	}), yaml: baseConfig + "  - {pattern: \"GET /api/v1/ws\", auth: secret, websocket: true}\n"})
 	conn, err := net.Dial("tcp", strings.TrimPrefix(h.gw.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
