@@ -23,13 +23,13 @@ func badLookup(name string) (string, bool) {
 var badConfigs = map[string][]string{
 	// Unknown keys, at every level (SPEC §5 "Unknown keys are errors").
 	"unknown_top_level_key": {
-		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, routes, watch_config, messages, log)",
+		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)",
 	},
 	"unknown_nested_key": {
 		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
 	},
 	"unknown_route_key": {
-		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket)",
+		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
 	},
 	"unknown_route_rate_limit_key": {
 		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
@@ -214,15 +214,29 @@ var badConfigs = map[string][]string{
 	},
 
 	// Many errors at once: all reported, in order.
+	"cors_bad": {
+		`cors.allowed_origins[0]: origin "https://help.example.com/": an origin has no path, query or fragment (want scheme://host[:port])`,
+		`cors.allowed_origins[1]: origin "help.example.com": want http:// or https://`,
+		`cors.allowed_origins[2]: origin "https://*.example.com": wildcards are not supported; list each origin, or "*" alone`,
+		`cors.allowed_origins[3]: origin "https://Help.Example.com": write it in lower case, as browsers send it`,
+		`cors.allowed_origins[4]: "*" allows every origin: list it alone`,
+		`cors.allowed_headers[1]: "X API Key" is not a header name`,
+		`cors.exposed_headers[0]: "" is not a header name`,
+		`cors.max_age: must be whole seconds, got 1.5s`,
+		`routes[1].cors: CORS never applies to a secret route: a secret key must not be in a browser (use auth: public, or remove cors)`,
+	},
+	"cors_route_without_origins": {
+		`routes[0].cors: true needs cors.allowed_origins`,
+	},
 	"many_decode_errors": {
-		"serverr: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, routes, watch_config, messages, log)",
+		"serverr: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)",
 		"server.listen: want a string, got a list",
 		`server.idle_timeout: invalid duration "forever" (want e.g. 50ms, 10s, 1m)`,
 		`server.max_body_bytes: want an integer, got "10"`,
 		"upstream.url: environment variable DG_UNSET is not set (use ${DG_UNSET:-default} for a default)",
 		"upstream.timeout: must not be negative",
 		`watch_config: want true or false, got "yes"`,
-		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket)",
+		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
 		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
 		`log: want a mapping of keys, got "info"`,
 	},

@@ -25,6 +25,7 @@ type Config struct {
 	Redis       Redis             `yaml:"redis"`
 	Auth        Auth              `yaml:"auth"`
 	RateLimit   RateLimit         `yaml:"rate_limit"`
+	CORS        CORS              `yaml:"cors"`
 	Routes      []Route           `yaml:"routes"`
 	WatchConfig bool              `yaml:"watch_config"`
 	Messages    map[string]string `yaml:"messages"`
@@ -57,6 +58,24 @@ type Server struct {
 	// so serve another path than the one the route was judged on.
 	AllowSemicolonPaths bool `yaml:"allow_semicolon_paths"`
 }
+
+// CORS is the cross-origin policy of browser clients (SPEC §8). It
+// applies to the routes whose auth is public or none, unless a route says
+// `cors: false`; never to a secret route.
+type CORS struct {
+	// AllowedOrigins are exact origins ("https://app.example.com") or
+	// "*". Empty: CORS is off.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// AllowedHeaders are the request headers a preflight may ask for.
+	AllowedHeaders []string `yaml:"allowed_headers"`
+	// ExposedHeaders are the response headers browser code may read.
+	ExposedHeaders []string `yaml:"exposed_headers"`
+	// MaxAge is how long a browser may cache a preflight's answer.
+	MaxAge Duration `yaml:"max_age"`
+}
+
+// Enabled reports whether any origin is allowed.
+func (c CORS) Enabled() bool { return len(c.AllowedOrigins) > 0 }
 
 // Admin is the admin listener (/metrics, /healthz, /readyz).
 type Admin struct {
@@ -156,6 +175,9 @@ type Route struct {
 	// upstream. Off by default: every other upgrade, and a websocket one
 	// on a route without it, is stripped and proxied as a plain request.
 	WebSocket bool `yaml:"websocket"`
+	// CORS is `cors: false` (the route takes no part in cors:) or `true`
+	// (the default on public and none routes; an error on secret ones).
+	CORS *bool `yaml:"cors"`
 }
 
 // RouteRateLimit is a route's `rate_limit:`, which is either a boolean
@@ -293,6 +315,11 @@ func Default() *Config {
 				{Limit: 20, Window: Win(10 * time.Second)},
 				{Limit: 100, Window: Win(time.Minute)},
 			},
+		},
+		CORS: CORS{
+			AllowedHeaders: []string{"X-API-Key", "Content-Type", "X-Request-Id"},
+			ExposedHeaders: []string{"RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"},
+			MaxAge:         Duration(10 * time.Minute),
 		},
 		Messages: map[string]string{},
 		Log:      Log{Level: "info", Format: "json"},

@@ -26,6 +26,7 @@ func (c *Config) Validate() error {
 	c.validateRedis(&errs)
 	c.validateAuth(&errs)
 	c.validateRateLimit(&errs)
+	c.validateCORS(&errs)
 	c.validateRoutes(&errs)
 	for _, k := range sortedKeys(c.Messages) {
 		p := "messages." + k
@@ -309,6 +310,14 @@ func (c *Config) validateRoutes(errs *Errors) {
 		if r.Timeout < 0 {
 			errs.add(p+".timeout", "must not be negative")
 		}
+		if r.CORS != nil && *r.CORS {
+			switch {
+			case r.Auth == "secret":
+				errs.add(p+".cors", "CORS never applies to a secret route: a secret key must not be in a browser (use auth: public, or remove cors)")
+			case !c.CORS.Enabled():
+				errs.add(p+".cors", "true needs cors.allowed_origins")
+			}
+		}
 		rl := r.RateLimit
 		if rl.Disabled || (rl.Bucket == "" && rl.Algorithm == "" && len(rl.Tiers) == 0) {
 			continue
@@ -335,6 +344,73 @@ func (c *Config) validateRoutes(errs *Errors) {
 			errs.add(p+".rate_limit.tiers", "algorithm gcra needs its own single tier here (the global limit has %d)", len(c.RateLimit.Tiers))
 		}
 	}
+}
+
+// validateCORS checks the cors block (SPEC §8).
+func (c *Config) validateCORS(errs *Errors) {
+	cc := c.CORS
+	for i, o := range cc.AllowedOrigins {
+		p := fmt.Sprintf("cors.allowed_origins[%d]", i)
+		if o == "*" {
+			if len(cc.AllowedOrigins) > 1 {
+				errs.add(p, `"*" allows every origin: list it alone`)
+			}
+			continue
+		}
+		if err := checkOrigin(o); err != nil {
+			errs.add(p, "%v", err)
+		}
+	}
+	for _, l := range []struct {
+		name string
+		v    []string
+	}{{"allowed_headers", cc.AllowedHeaders}, {"exposed_headers", cc.ExposedHeaders}} {
+		for i, h := range l.v {
+			if !validHeaderName(h) {
+				errs.add(fmt.Sprintf("cors.%s[%d]", l.name, i), "%q is not a header name", h)
+			}
+		}
+	}
+	if d := cc.MaxAge.D(); d%time.Second != 0 {
+		errs.add("cors.max_age", "must be whole seconds, got %s", d)
+	}
+}
+
+// validHeaderName reports whether h is an HTTP field name: a non-empty
+// token (RFC 9110 §5.1).
+func validHeaderName(h string) bool {
+	if h == "" {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// checkOrigin accepts a serialised origin: scheme, host and optional
+// port, as a browser sends it in Origin ("https://app.example.com").
+func checkOrigin(o string) error {
+	u, err := url.Parse(o)
+	switch {
+	case err != nil:
+		return fmt.Errorf("invalid origin %q: %v", o, err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("origin %q: want http:// or https://", o)
+	case u.Host == "" || u.User != nil || u.Opaque != "":
+		return fmt.Errorf("origin %q: want scheme://host[:port]", o)
+	case u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(o, "?") || strings.HasSuffix(o, "#"):
+		return fmt.Errorf("origin %q: an origin has no path, query or fragment (want scheme://host[:port])", o)
+	case o != strings.ToLower(o):
+		return fmt.Errorf("origin %q: write it in lower case, as browsers send it", o)
+	case strings.Contains(o, "*"):
+		return fmt.Errorf("origin %q: wildcards are not supported; list each origin, or \"*\" alone", o)
+	}
+	return nil
 }
 
 // RegisterPattern adds pattern to mux with a do-nothing handler and turns

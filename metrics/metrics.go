@@ -33,6 +33,7 @@ type Metrics struct {
 	ConfigReloads        *prometheus.CounterVec
 	ConfigLastReloadOK   prometheus.Gauge
 	BuildInfo            *prometheus.GaugeVec
+	CORSPreflights       *prometheus.CounterVec
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -104,12 +105,16 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_build_info",
 			Help: "Always 1; the labels name the build.",
 		}, []string{"version", "goversion"}),
+		CORSPreflights: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_cors_preflights_total",
+			Help: "CORS preflights answered by deskgate, by route pattern and result (allowed, refused).",
+		}, []string{"route", "result"}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.ConfigReloads,
-		m.ConfigLastReloadOK, m.BuildInfo,
+		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -179,6 +184,16 @@ func (m *Metrics) ForRoute(route string, codes []string) *Route {
 		r.duration[i] = m.RequestDuration.WithLabelValues(route, meth)
 	}
 	return r
+}
+
+// Preflight counts one CORS preflight answered on this route, allowed or
+// refused.
+func (r *Route) Preflight(allowed bool) {
+	result := "refused"
+	if allowed {
+		result = "allowed"
+	}
+	r.m.CORSPreflights.WithLabelValues(r.name, result).Inc()
 }
 
 // Name returns the route label.

@@ -74,11 +74,13 @@ type Gateway struct {
 	fwdKey  bool
 	// semicolons is server.allow_semicolon_paths (SPEC §7).
 	semicolons bool
-	access     *accessWriter
-	unmatched  *metrics.Route
-	transport  []*http.Transport
-	routes     []*route
-	cache      routeCache
+	// cors is the cors: block, nil when no origin is allowed (SPEC §8).
+	cors      *corsPolicy
+	access    *accessWriter
+	unmatched *metrics.Route
+	transport []*http.Transport
+	routes    []*route
+	cache     routeCache
 	// hostPatterns is set when a pattern names a host, which then takes
 	// part in route lookups.
 	hostPatterns bool
@@ -95,8 +97,10 @@ type route struct {
 	keyBy   string
 	// websocket is routes[].websocket: Upgrade: websocket goes through.
 	websocket bool
-	proxy     *httputil.ReverseProxy
-	metrics   *metrics.Route
+	// cors is set when the route takes part in the gateway's CORS policy.
+	cors    bool
+	proxy   *httputil.ReverseProxy
+	metrics *metrics.Route
 }
 
 // bucket is one budget: its default policy and, for the global bucket,
@@ -140,6 +144,7 @@ func New(o Options) (*Gateway, error) {
 		fwdKey:  cfg.Auth.ForwardKey,
 
 		semicolons: cfg.Server.AllowSemicolonPaths,
+		cors:       newCORS(cfg.CORS),
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel
@@ -184,6 +189,7 @@ func New(o Options) (*Gateway, error) {
 			return nil, fmt.Errorf("routes[%d].auth: %w", i, err)
 		}
 		rt.keyByIP = rt.policy == auth.None || cfg.RateLimit.KeyBy == "ip"
+		rt.cors = g.cors != nil && rt.policy != auth.SecretOnly && (rc.CORS == nil || *rc.CORS)
 		switch {
 		case rc.RateLimit.Disabled:
 		case rc.RateLimit.Bucket == "":
@@ -426,22 +432,16 @@ func (g *Gateway) route(st *state, r *http.Request) {
 	if g.hostPatterns {
 		host = hostOf(r)
 	}
-	if r.Method != http.MethodConnect {
-		if rt := g.cache.get(r.Method, host, r.URL.Path); rt != nil {
-			st.route = rt.metrics
-			rt.serve(st, r)
-			return
-		}
+	if g.cors != nil && isPreflight(r) {
+		g.preflight(st, r, host)
+		return
 	}
-	h, pattern := g.mux.Handler(r)
-	if rt, ok := h.(*route); ok {
-		if r.Method != http.MethodConnect {
-			g.cache.put(r.Method, host, r.URL.Path, rt)
-		}
+	if rt := g.lookup(r, host); rt != nil {
 		st.route = rt.metrics
 		rt.serve(st, r)
 		return
 	}
+	h, pattern := g.mux.Handler(r)
 	if pattern == "" {
 		// No route: ask the mux's own handler whether it is 404 or 405,
 		// and which methods the path allows.
@@ -458,6 +458,25 @@ func (g *Gateway) route(st *state, r *http.Request) {
 	// No route, or a redirect to a path with a trailing slash: a gateway
 	// does not redirect on the upstream's behalf.
 	g.reply(st, r, apierror.ErrNotFound)
+}
+
+// lookup returns the route of r's method, host and cleaned path, or nil.
+func (g *Gateway) lookup(r *http.Request, host string) *route {
+	if r.Method == http.MethodConnect {
+		// CONNECT's path is an authority: never cached.
+		h, _ := g.mux.Handler(r)
+		rt, _ := h.(*route)
+		return rt
+	}
+	if rt := g.cache.get(r.Method, host, r.URL.Path); rt != nil {
+		return rt
+	}
+	h, _ := g.mux.Handler(r)
+	rt, ok := h.(*route)
+	if ok {
+		g.cache.put(r.Method, host, r.URL.Path, rt)
+	}
+	return rt
 }
 
 // The causes of a refused path, for the log.
@@ -533,6 +552,9 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (rt *route) serve(st *state, r *http.Request) {
 	g := rt.g
 	h := r.Header
+	if rt.cors {
+		g.corsActual(st, r)
+	}
 	st.keyPrefix = auth.DisplayPrefix(headerValue(h, "X-Api-Key"))
 	id, aerr := g.auth.Authenticate(r.Context(), h["X-Api-Key"], rt.policy)
 	if aerr != nil {

@@ -39,6 +39,11 @@ func (n *normalizer) modify(res *http.Response) error {
 	// deskgate's own request id and rate-limit state are the ones the
 	// client gets.
 	delete(h, "X-Request-Id")
+	if n.rt.cors {
+		for _, k := range corsResponseHeaders {
+			delete(h, k)
+		}
+	}
 	if n.rt.limit != nil {
 		delete(h, "Ratelimit")
 		delete(h, "Ratelimit-Policy")
