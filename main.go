@@ -41,10 +41,10 @@ import (
 
 	"github.com/innovartx/deskgate/auth"
 	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/internal/supportdesk"
 	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/proxy"
 	"github.com/innovartx/deskgate/ratelimit"
-	"github.com/innovartx/deskgate/supportdesk"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".

@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/innovartx/deskgate/supportdesk"
+	"github.com/innovartx/deskgate/internal/supportdesk"
 )
 
 func main() {

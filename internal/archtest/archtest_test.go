@@ -83,7 +83,7 @@ var rules = map[string]rule{
 		allow: []string{"./apierror", "./auth", "./config", "./metrics", "./ratelimit", "github.com/rs/cors"},
 		why:   "the request path composes the layers below it; it builds no Redis client and reaches no example or test code",
 	},
-	"supportdesk": {
+	"internal/supportdesk": {
 		why: "the example upstream stands alone: it is SupportDesk, not part of the gateway",
 	},
 }
