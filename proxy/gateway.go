@@ -80,6 +80,8 @@ type Gateway struct {
 	// hostPatterns is set when a pattern names a host, which then takes
 	// part in route lookups.
 	hostPatterns bool
+	// readTimeout is server.read_timeout, applied per request.
+	readTimeout time.Duration
 }
 
 // route is one compiled route policy.
@@ -134,6 +136,8 @@ func New(o Options) (*Gateway, error) {
 		log:     o.Logger,
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
+
+		readTimeout: cfg.Server.ReadTimeout.D(),
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel
@@ -284,6 +288,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.setRequestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = st.idHdr[:]
+	st.hasBody = r.Body != nil && r.Body != http.NoBody
 	if len(r.TransferEncoding) > 0 {
 		// Go has already let Transfer-Encoding override any
 		// Content-Length and removed it, but keeps the connection open;
@@ -291,12 +296,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// request, or bytes a front proxy counted as this body may be
 		// read as a smuggled next request. Chunked requests are rare in
 		// APIs: close after every one, whatever the answer.
-		w.Header()["Connection"] = []string{"close"}
+		w.Header()["Connection"] = connectionClose
 	}
 
 	defer g.finish(st, r)
 	g.route(st, r)
 }
+
+// connectionClose is the Connection header value of an answer after
+// which the connection must not be reused; shared, never modified.
+var connectionClose = []string{"close"}
 
 // finish recovers a panic into 500 INTERNAL_ERROR, then writes the access
 // log line and the request metrics.
@@ -321,6 +330,9 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 				abort = true
 			}
 		}
+	}
+	if st.hasBody {
+		st.endBody(g.readTimeout)
 	}
 	g.accessLog(st, r)
 	if abort {
@@ -539,7 +551,8 @@ func (rt *route) serve(st *state, r *http.Request) {
 		delete(h, "X-Forwarded-Proto")
 		delete(h, "Forwarded")
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	if st.hasBody {
+		st.forwardBody(r, g.readTimeout)
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
 	}
 	st.proxyStart = time.Now()
@@ -683,13 +696,28 @@ func setXForwarded(pr *httputil.ProxyRequest) {
 	out["X-Forwarded-For"] = v[0:1:1]
 }
 
-// proxyError answers a failed upstream exchange (SPEC §1): 413 for a body
-// over the limit, 504 for a timeout, 502 for anything else. A client that
-// went away gets nothing and is logged as 499.
+// proxyError answers a failed upstream exchange (SPEC §1): 408 for a
+// request body that stalled past server.read_timeout, 413 for a body over
+// the limit, 504 for a timeout, 502 for anything else. A client that went
+// away gets nothing and is logged as 499.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateOf(w)
 	if st == nil {
 		g.catalog.Write(w, r, apierror.ErrBadGateway)
+		return
+	}
+	if st.w.status != 0 {
+		// ReverseProxy reports errors before it writes anything; should
+		// one come after, a second status line cannot be sent.
+		st.cause = err
+		return
+	}
+	if st.bodyStalled(r, err) {
+		// The rest of the body will never be read: close the connection
+		// after the answer rather than read it as the next request.
+		st.w.Header()["Connection"] = connectionClose
+		g.reply(st, r, apierror.New(apierror.RequestTimeout,
+			fmt.Errorf("request body not received within server.read_timeout (%s): %w", g.readTimeout, err)))
 		return
 	}
 	if r.Context().Err() != nil {

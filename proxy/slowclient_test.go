@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Issue 13 item 5: slow clients. Every test here talks raw TCP to the real
+// chain behind a real listener, with timeouts short enough (set through
+// the config) to keep the suite fast. Every loop is bounded in count and
+// time.
+
+// connGoroutines counts the goroutines serving an HTTP connection (the
+// gateway's and the test upstream's): a connection held open holds one.
+func connGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for range 4 {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "net/http.(*conn).serve(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	return strings.Count(string(buf), "net/http.(*conn).serve(")
+}
+
+// eventually polls cond every 20 ms for at most d.
+func eventually(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); ; {
+		if cond() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// trickle writes body one byte at a time, every gap, until it is done,
+// stop is closed or a write fails. It returns when the writer has ended.
+func trickle(conn net.Conn, body string, gap time.Duration, stop <-chan struct{}) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range len(body) {
+			if i > 0 {
+				select {
+				case <-stop:
+					return
+				case <-time.After(gap):
+				}
+			}
+			if _, err := conn.Write([]byte{body[i]}); err != nil {
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// readOne reads one response from br, its body included.
+func readOne(t *testing.T, br *bufio.Reader) (*http.Response, []byte) {
+	t.Helper()
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the response: %v", err)
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the response body: %v", err)
+	}
+	return res, b
+}
+
+// wantShape checks a raw response against the standard error shape.
+func wantShape(t *testing.T, res *http.Response, body []byte, status int, code, message string) {
+	t.Helper()
+	if res.StatusCode != status || codeOf(body) != code {
+		t.Fatalf("got %d %s, want %d %s", res.StatusCode, body, status, code)
+	}
+	if message != "" && !strings.Contains(string(body), `"message":"`+message+`"`) {
+		t.Errorf("body %s, want the message %q", body, message)
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	if res.ContentLength != int64(len(body)) {
+		t.Errorf("Content-Length %d for a body of %d bytes", res.ContentLength, len(body))
+	}
+	if res.Header.Get("X-Request-Id") == "" {
+		t.Error("no X-Request-Id")
+	}
+}
+
+// closedWithin reports whether the server closes conn within d, reading
+// and discarding whatever else it sends.
+func closedWithin(conn net.Conn, br *bufio.Reader, d time.Duration) bool {
+	conn.SetReadDeadline(time.Now().Add(d))
+	_, err := io.Copy(io.Discard, br)
+	var ne net.Error
+	return !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// TestSlowRequestBody guards issue 13's body rule: a request body that
+// has not fully arrived server.read_timeout after deskgate starts
+// forwarding it gets 408 REQUEST_TIMEOUT in the standard shape, the
+// connection is closed and the upstream connection released; a body that
+// is slow but within the timeout is forwarded whole, and the connection
+// stays usable; a refused request's unread body cannot hold the
+// connection either.
+func TestSlowRequestBody(t *testing.T) {
+	h := newHarness(t, harnessOpt{yaml: `
+upstream: {url: "${UPSTREAM}"}
+server: {read_timeout: 1s, write_timeout: 1s}
+routes: [{pattern: "/api/v1/", auth: secret, rate_limit: false}]
+`})
+	head := func(length int, extra string) string {
+		return "POST /api/v1/tickets HTTP/1.1\r\nHost: x\r\nX-API-Key: " + skLive +
+			"\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(length) + "\r\n" + extra + "\r\n"
+	}
+
+	t.Run("stalled body", func(t *testing.T) {
+		base := connGoroutines()
+		hits := h.hitCount()
+		conn, err := net.Dial("tcp", gwAddr(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		start := time.Now()
+		if _, err := io.WriteString(conn, head(10, "X-Request-Id: slow-body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		// One byte every 300 ms: the ten would take 2.7 s.
+		stop := make(chan struct{})
+		defer close(stop)
+		trickle(conn, "0123456789", 300*time.Millisecond, stop)
+
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(conn)
+		res, body := readOne(t, br)
+		elapsed := time.Since(start)
+		wantShape(t, res, body, http.StatusRequestTimeout, "REQUEST_TIMEOUT", "Délai de requête dépassé")
+		if elapsed < 900*time.Millisecond || elapsed > 2500*time.Millisecond {
+			t.Errorf("answered after %s, want about server.read_timeout (1s)", elapsed)
+		}
+		if !res.Close {
+			t.Error("408 without Connection: close")
+		}
+		if !closedWithin(conn, br, 2*time.Second) {
+			t.Error("the connection stayed open after the 408")
+		}
+		// The upstream saw its connection end before the body did.
+		if !eventually(3*time.Second, func() bool { return h.hitCount() > hits }) {
+			t.Fatal("the upstream request is still open")
+		}
+		if b := h.lastHit().Body; len(b) >= 10 {
+			t.Errorf("the upstream got the whole body %q", b)
+		}
+		if !eventually(3*time.Second, func() bool { return connGoroutines() <= base }) {
+			t.Errorf("%d connection goroutines, %d before: one is still held", connGoroutines(), base)
+		}
+		if logs := h.logs.String(); !strings.Contains(logs, `"request_id":"slow-body"`) || !strings.Contains(logs, `"status":408`) {
+			t.Errorf("no access log line with status 408:\n%s", logs)
+		}
+	})
+
+	t.Run("slow body within the timeout", func(t *testing.T) {
+		conn, err := net.Dial("tcp", gwAddr(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(conn)
+		io.WriteString(conn, head(4, ""))
+		stop := make(chan struct{})
+		defer close(stop)
+		<-trickle(conn, "abcd", 150*time.Millisecond, stop)
+		res, body := readOne(t, br)
+		if res.StatusCode != 200 {
+			t.Fatalf("status %d %s", res.StatusCode, body)
+		}
+		if got := string(h.lastHit().Body); got != "abcd" {
+			t.Errorf("upstream got %q", got)
+		}
+		// Keep-alive survives: after longer than read_timeout and
+		// write_timeout idle, a request with a body and then one that
+		// net/http refuses by itself are both answered.
+		time.Sleep(1200 * time.Millisecond)
+		io.WriteString(conn, head(2, "")+"{}")
+		if res, body := readOne(t, br); res.StatusCode != 200 {
+			t.Fatalf("second request on the connection: %d %s", res.StatusCode, body)
+		}
+		time.Sleep(1200 * time.Millisecond)
+		io.WriteString(conn, "POST /api/v1/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+		res, body = readOne(t, br)
+		if res.StatusCode != 400 || codeOf(body) != "BAD_REQUEST" {
+			t.Fatalf("malformed request after idle: %d %s, want 400 BAD_REQUEST", res.StatusCode, body)
+		}
+	})
+
+	t.Run("refused request with a stalled body", func(t *testing.T) {
+		base := connGoroutines()
+		hits := h.hitCount()
+		conn, err := net.Dial("tcp", gwAddr(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// No key: refused at once, before the body is read. net/http
+		// then reads the rest of the body to reuse the connection.
+		io.WriteString(conn, "POST /api/v1/tickets HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n")
+		stop := make(chan struct{})
+		defer close(stop)
+		trickle(conn, strings.Repeat("x", 20), 200*time.Millisecond, stop)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(conn)
+		res, body := readOne(t, br)
+		wantShape(t, res, body, http.StatusUnauthorized, "AUTH_API_KEY_MISSING", "")
+		if !closedWithin(conn, br, 3*time.Second) {
+			t.Error("a refused request's trickling body held the connection past server.read_timeout")
+		}
+		if !eventually(3*time.Second, func() bool { return connGoroutines() <= base }) {
+			t.Errorf("%d connection goroutines, %d before", connGoroutines(), base)
+		}
+		if h.hitCount() != hits {
+			t.Error("forwarded")
+		}
+	})
+}
