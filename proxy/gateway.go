@@ -80,8 +80,10 @@ type Gateway struct {
 	// hostPatterns is set when a pattern names a host, which then takes
 	// part in route lookups.
 	hostPatterns bool
-	// readTimeout is server.read_timeout, applied per request.
-	readTimeout time.Duration
+	// readTimeout is server.read_timeout, applied per request;
+	// writeTimeout is server.write_timeout, applied by the listener.
+	readTimeout  time.Duration
+	writeTimeout time.Duration
 }
 
 // route is one compiled route policy.
@@ -137,7 +139,8 @@ func New(o Options) (*Gateway, error) {
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
 
-		readTimeout: cfg.Server.ReadTimeout.D(),
+		readTimeout:  cfg.Server.ReadTimeout.D(),
+		writeTimeout: cfg.Server.WriteTimeout.D(),
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -238,4 +239,165 @@ routes: [{pattern: "/api/v1/", auth: secret, rate_limit: false}]
 			t.Error("forwarded")
 		}
 	})
+}
+
+// bigUpstream answers GET /big/<n> with n bytes, written 32 KiB at a time;
+// aborted counts the answers it could not finish.
+func bigUpstream(aborted *atomic.Int32) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/big/"))
+		if err != nil {
+			http.Error(w, "bad size", 400)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		buf := make([]byte, 32<<10)
+		for n > 0 {
+			k := min(n, len(buf))
+			if _, err := w.Write(buf[:k]); err != nil {
+				aborted.Add(1)
+				return
+			}
+			n -= k
+		}
+	})
+}
+
+// slowReader reads at most max bytes per Read, sleeping every before each.
+type slowReader struct {
+	r     io.Reader
+	max   int
+	every time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.every)
+	return s.r.Read(p[:min(len(p), s.max)])
+}
+
+// TestClientNeverReads guards issue 13's write rule: a client that asks
+// for a large answer and never reads it is cut server.write_timeout after
+// its socket buffers fill (the handler, the connection's goroutine and
+// the upstream connection are freed), while a client that reads a 2 MB
+// answer slowly but steadily, for several times write_timeout, gets all
+// of it.
+func TestClientNeverReads(t *testing.T) {
+	var aborted atomic.Int32
+	h := newHarness(t, harnessOpt{upstream: bigUpstream(&aborted), yaml: `
+upstream: {url: "${UPSTREAM}"}
+server: {write_timeout: 300ms}
+routes: [{pattern: "GET /big/", auth: none, rate_limit: false}]
+`})
+
+	t.Run("never reads", func(t *testing.T) {
+		base := connGoroutines()
+		const size = 32 << 20 // far more than the socket buffers hold
+		conn, err := net.Dial("tcp", gwAddr(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		start := time.Now()
+		io.WriteString(conn, "GET /big/"+strconv.Itoa(size)+" HTTP/1.1\r\nHost: x\r\nX-Request-Id: never-reads\r\n\r\n")
+		// The handler ends (its access log line) with nothing read.
+		if !eventually(5*time.Second, func() bool { return strings.Contains(h.logs.String(), `"request_id":"never-reads"`) }) {
+			t.Fatal("the handler of a client that never reads is still writing after 5s")
+		}
+		if el := time.Since(start); el < 300*time.Millisecond {
+			t.Errorf("cut after %s, before server.write_timeout", el)
+		}
+		if !eventually(3*time.Second, func() bool { return connGoroutines() <= base }) {
+			t.Errorf("%d connection goroutines, %d before: one is still held", connGoroutines(), base)
+		}
+		if !eventually(3*time.Second, func() bool { return aborted.Load() == 1 }) {
+			t.Error("the upstream is still sending")
+		}
+		// What was already in the buffers, then the end: not the answer.
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open after the handler ended (%d bytes read)", n)
+		}
+		if n >= size {
+			t.Errorf("read %d bytes: the whole answer", n)
+		}
+	})
+
+	t.Run("slow steady reader", func(t *testing.T) {
+		const size = 2 << 20
+		conn, err := net.Dial("tcp", gwAddr(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		start := time.Now()
+		io.WriteString(conn, "GET /big/"+strconv.Itoa(size)+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		// 16 KiB every 10 ms: about 1.3 s for the whole, four times
+		// write_timeout.
+		br := bufio.NewReaderSize(&slowReader{r: conn, max: 16 << 10, every: 10 * time.Millisecond}, 16<<10)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, res.Body)
+		if err != nil || n != size || res.StatusCode != 200 {
+			t.Fatalf("status %d, %d of %d bytes, error %v", res.StatusCode, n, size, err)
+		}
+		if el := time.Since(start); el < 900*time.Millisecond {
+			t.Errorf("read in %s: not slow enough to prove anything", el)
+		}
+		if aborted.Load() != 1 {
+			t.Error("the upstream could not finish the answer")
+		}
+	})
+}
+
+// TestUpgradeOutlivesWriteTimeout guards write_timeout's meaning on an
+// upgraded connection: a stuck write, not silence. A WebSocket quiet for
+// longer than write_timeout still carries the next message.
+func TestUpgradeOutlivesWriteTimeout(t *testing.T) {
+	h := newHarness(t, harnessOpt{yaml: `
+upstream: {url: "${UPSTREAM}"}
+server: {write_timeout: 200ms}
+routes: [{pattern: "/api/v1/", auth: secret, rate_limit: false}]
+`, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		for range 2 {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString("echo:" + line)
+			brw.Flush()
+		}
+	})})
+	conn, err := net.Dial("tcp", gwAddr(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nX-API-Key: "+skLive+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", res, err)
+	}
+	for _, msg := range []string{"one", "two"} {
+		time.Sleep(500 * time.Millisecond)
+		io.WriteString(conn, msg+"\n")
+		if got, err := br.ReadString('\n'); err != nil || got != "echo:"+msg+"\n" {
+			t.Fatalf("after %s quiet: %q %v", msg, got, err)
+		}
+	}
 }
