@@ -97,6 +97,40 @@ type route struct {
 	keyBy   string
 	proxy   *httputil.ReverseProxy
 	metrics *metrics.Route
+	// slots are the upstream host's (upstream.max_conns_per_host), and
+	// timeout the route's upstream timeout, the longest a request waits
+	// for one.
+	slots   *hostSlots
+	timeout time.Duration
+}
+
+// hostSlots caps the exchanges in flight to one upstream host
+// (upstream.max_conns_per_host): one token in c per exchange. With
+// HTTP/1.1 upstreams an exchange holds one connection, so this caps the
+// connections in use too. Routes to the same host share it.
+//
+// It is not http.Transport.MaxConnsPerHost: a request past that cap waits
+// in the transport until its context is done, and the inbound context
+// has no deadline; giving every outbound request one (context.WithTimeout
+// and Request.WithContext) costs several allocations per request, against
+// issue 7's rule. A buffered channel costs nothing until it is full; only
+// a request that has to wait makes a timer.
+type hostSlots struct {
+	c    chan struct{}
+	host string
+}
+
+// slotKey names an upstream host: scheme, host and port, the port made
+// explicit so that http://x and http://x:80 share their slots.
+func slotKey(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // bucket is one budget: its default policy and, for the global bucket,
@@ -179,6 +213,7 @@ func New(o Options) (*Gateway, error) {
 	buckets := map[string]*bucket{}
 
 	transports := map[time.Duration]http.RoundTripper{}
+	slots := map[string]*hostSlots{}
 	for i, rc := range cfg.Routes {
 		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy}
 		if rt.policy, err = auth.ParsePolicy(rc.Auth); err != nil {
@@ -228,6 +263,12 @@ func New(o Options) (*Gateway, error) {
 				transports[timeout] = t
 				tr = t
 			}
+		}
+		rt.timeout = timeout
+		key := slotKey(u)
+		if rt.slots = slots[key]; rt.slots == nil {
+			rt.slots = &hostSlots{c: make(chan struct{}, cfg.Upstream.MaxConnsPerHost), host: u.Host}
+			slots[key] = rt.slots
 		}
 		rt.metrics = o.Metrics.ForRoute(rc.Pattern, codes)
 		rt.proxy = g.newReverseProxy(rt, u, tr, cfg.Upstream.MaxErrorBodyBytes)
@@ -554,6 +595,10 @@ func (rt *route) serve(st *state, r *http.Request) {
 		delete(h, "X-Forwarded-Proto")
 		delete(h, "Forwarded")
 	}
+	if !rt.acquire(st, r) {
+		return
+	}
+	defer rt.release()
 	if st.hasBody {
 		st.forwardBody(r, g.readTimeout)
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
@@ -561,6 +606,37 @@ func (rt *route) serve(st *state, r *http.Request) {
 	st.proxyStart = time.Now()
 	rt.proxy.ServeHTTP(&st.w, r)
 }
+
+// acquire takes one of the upstream host's slots, waiting up to the
+// route's timeout when all are in use. It reports whether the request
+// may go on; if not, it has answered 503 (or the client went away).
+func (rt *route) acquire(st *state, r *http.Request) bool {
+	select {
+	case rt.slots.c <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(rt.timeout)
+	defer t.Stop()
+	select {
+	case rt.slots.c <- struct{}{}:
+		return true
+	case <-r.Context().Done():
+		st.canceled = true
+		st.cause = context.Cause(r.Context())
+		return false
+	case <-t.C:
+		// Not 504: the upstream has not been asked. The log says why.
+		rt.g.reply(st, r, apierror.New(apierror.ServiceUnavailable, fmt.Errorf(
+			"no upstream connection free: upstream.max_conns_per_host (%d) all in use for %s, waited %s",
+			cap(rt.slots.c), rt.slots.host, rt.timeout)))
+		return false
+	}
+}
+
+// release gives back the slot taken by acquire, once the exchange is over
+// (ReverseProxy has closed the upstream body, or aborted).
+func (rt *route) release() { <-rt.slots.c }
 
 // keyTypeHeader holds the X-Api-Key-Type values, shared: ReverseProxy
 // copies request headers, never changes them in place.

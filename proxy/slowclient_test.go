@@ -401,3 +401,82 @@ routes: [{pattern: "/api/v1/", auth: secret, rate_limit: false}]
 		}
 	}
 }
+
+// TestUpstreamConnCap guards issue 13's upstream rule: with
+// upstream.max_conns_per_host 2 and two requests held by a hanging
+// upstream, a third never reaches the upstream: it waits for a free
+// connection up to its route's timeout, then gets 503
+// SERVICE_UNAVAILABLE (logged as such); one freed in time serves it.
+func TestUpstreamConnCap(t *testing.T) {
+	var inFlight, most atomic.Int32
+	release := make(chan struct{}, 2)
+	h := newHarness(t, harnessOpt{yaml: `
+upstream: {url: "${UPSTREAM}", timeout: 500ms, max_conns_per_host: 2}
+routes:
+  - {pattern: "/slow/", auth: none, rate_limit: false, timeout: 10s}
+  - {pattern: "/fast/", auth: none, rate_limit: false}
+`, upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		if strings.HasPrefix(r.URL.Path, "/slow/") {
+			select {
+			case <-release:
+			case <-time.After(8 * time.Second):
+			}
+		}
+		io.WriteString(w, `{"ok":true}`)
+	})})
+	get := func(path string) <-chan int {
+		c := make(chan int, 1)
+		go func() {
+			res, err := h.gw.Client().Get(h.gw.URL + path)
+			if err != nil {
+				c <- 0
+				return
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			c <- res.StatusCode
+		}()
+		return c
+	}
+	slow1, slow2 := get("/slow/1"), get("/slow/2")
+	if !eventually(5*time.Second, func() bool { return inFlight.Load() == 2 }) {
+		t.Fatalf("%d requests at the upstream, want the two slow ones", inFlight.Load())
+	}
+
+	start := time.Now()
+	r := h.do("GET", "/fast/3", "")
+	elapsed := time.Since(start)
+	h.wantError(r, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE")
+	if elapsed < 450*time.Millisecond || elapsed > 2*time.Second {
+		t.Errorf("refused after %s, want the route's timeout (500ms)", elapsed)
+	}
+	if !strings.Contains(h.logs.String(), "upstream.max_conns_per_host (2) all in use") {
+		t.Errorf("the log does not say why:\n%s", h.logs.String())
+	}
+
+	// A connection freed while the request waits serves it.
+	fast := get("/fast/4")
+	time.Sleep(100 * time.Millisecond)
+	release <- struct{}{}
+	select {
+	case code := <-fast:
+		if code != 200 {
+			t.Errorf("request that waited for a free connection: %d, want 200", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting request was never answered")
+	}
+	release <- struct{}{}
+	for i, c := range []<-chan int{slow1, slow2} {
+		if code := <-c; code != 200 {
+			t.Errorf("slow request %d: %d", i+1, code)
+		}
+	}
+	if m := most.Load(); m != 2 {
+		t.Errorf("the upstream had %d requests at once, want at most max_conns_per_host (2)", m)
+	}
+}
