@@ -317,6 +317,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStam
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		// No ReadTimeout or WriteTimeout: each is one deadline for a
+		// whole request or response, which would cut long downloads and
+		// could not change on reload. server.read_timeout is applied by
+		// the gateway to the request body, server.write_timeout by
+		// proxy.WrapListener to each write.
 	}
 	admin := &http.Server{
 		Handler:           a.adminHandler(reg),

@@ -40,6 +40,7 @@ const (
 	Forbidden          Code = "FORBIDDEN"
 	Conflict           Code = "CONFLICT"
 	BadRequest         Code = "BAD_REQUEST"
+	RequestTimeout     Code = "REQUEST_TIMEOUT"
 )
 
 // def is the built-in status and French message of a code.
@@ -65,6 +66,7 @@ var defaults = map[Code]def{
 	Forbidden:          {http.StatusForbidden, "Accès refusé"},
 	Conflict:           {http.StatusConflict, "Conflit"},
 	BadRequest:         {http.StatusBadRequest, "Requête incorrecte"},
+	RequestTimeout:     {http.StatusRequestTimeout, "Délai de requête dépassé"},
 }
 
 // Codes returns every known code, sorted. The config package uses it to
@@ -84,6 +86,7 @@ var Own = []Code{
 	AuthKeyMissing, AuthKeyInvalid, AuthKeyForbidden, TooManyRequests,
 	NotFound, MethodNotAllowed, PayloadTooLarge, BadGateway,
 	ServiceUnavailable, GatewayTimeout, Internal, HeadersTooLarge, BadRequest,
+	RequestTimeout,
 }
 
 // Known reports whether c is one of the codes above.

@@ -36,6 +36,7 @@ var specCodes = []struct {
 	{"FORBIDDEN", 403, "Accès refusé", false},
 	{"CONFLICT", 409, "Conflit", false},
 	{"BAD_REQUEST", 400, "Requête incorrecte", true},
+	{"REQUEST_TIMEOUT", 408, "Délai de requête dépassé", true},
 	// Beyond the SPEC tables, for issue 8: net/http's own 431, shaped.
 	{"REQUEST_HEADERS_TOO_LARGE", 431, "En-têtes de requête trop volumineux", true},
 }

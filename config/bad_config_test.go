@@ -26,7 +26,7 @@ var badConfigs = map[string][]string{
 		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)",
 	},
 	"unknown_nested_key": {
-		"server.lissten: unknown key (valid keys: listen, read_header_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
+		"server.lissten: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
 	},
 	"unknown_route_key": {
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
@@ -61,6 +61,14 @@ var badConfigs = map[string][]string{
 	"bad_duration": {
 		`server.idle_timeout: invalid duration "2 minutes" (want e.g. 50ms, 10s, 1m)`,
 		`redis.timeout: invalid duration "30" (want e.g. 50ms, 10s, 1m)`,
+	},
+	"server_timeouts_zero": {
+		"server.read_timeout: must be positive",
+		"server.write_timeout: must be positive",
+	},
+	"server_timeouts_negative": {
+		"server.read_timeout: must not be negative",
+		"server.write_timeout: must not be negative",
 	},
 	"negative_duration": {
 		"upstream.timeout: must not be negative",
@@ -120,6 +128,14 @@ var badConfigs = map[string][]string{
 	"route_upstream_bad": {
 		`routes[0].upstream: URL "http://admin:secret@127.0.0.1:8082" must not have a query, fragment or user info`,
 		`routes[1].upstream: invalid URL "127.0.0.1:8082"`,
+	},
+
+	// Upstream connection cap (issue 13).
+	"max_conns_per_host_zero": {
+		"upstream.max_conns_per_host: must be positive, got 0",
+	},
+	"max_conns_per_host_negative": {
+		"upstream.max_conns_per_host: must be positive, got -4",
 	},
 
 	// Redis (SPEC §4 "Store").

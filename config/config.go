@@ -42,10 +42,20 @@ type Config struct {
 type Server struct {
 	Listen            string   `yaml:"listen"`
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
-	IdleTimeout       Duration `yaml:"idle_timeout"`
-	MaxHeaderBytes    int      `yaml:"max_header_bytes"`
-	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
-	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	// ReadTimeout bounds the reading of a request body, from the moment
+	// deskgate starts forwarding it (or, for a request refused before,
+	// from its answer): a body that has not fully arrived by then gets
+	// 408 REQUEST_TIMEOUT and its connection is closed.
+	ReadTimeout Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds each write to the client: a write that makes
+	// no progress for this long closes the connection. It is not a limit
+	// on the whole response, so a long download read steadily is never
+	// cut.
+	WriteTimeout    Duration `yaml:"write_timeout"`
+	IdleTimeout     Duration `yaml:"idle_timeout"`
+	MaxHeaderBytes  int      `yaml:"max_header_bytes"`
+	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// ShutdownDelay is how long the listener keeps accepting after
 	// /readyz starts failing on SIGTERM, for load balancers that need
 	// time to stop sending (0: stop at once).
@@ -90,7 +100,11 @@ type Upstream struct {
 	// Timeout bounds the wait for the response headers.
 	Timeout             Duration `yaml:"timeout"`
 	MaxIdleConnsPerHost int      `yaml:"max_idle_conns_per_host"`
-	MaxErrorBodyBytes   int64    `yaml:"max_error_body_bytes"`
+	// MaxConnsPerHost caps the exchanges in flight to one upstream host
+	// (with HTTP/1.1, the connections in use). A request past the cap
+	// waits up to its route's timeout for a free one, then gets 503.
+	MaxConnsPerHost   int   `yaml:"max_conns_per_host"`
+	MaxErrorBodyBytes int64 `yaml:"max_error_body_bytes"`
 }
 
 // Redis is the shared rate-limit store. With neither URL nor Addrs the store
@@ -285,6 +299,8 @@ func Default() *Config {
 		Server: Server{
 			Listen:            ":8080",
 			ReadHeaderTimeout: Duration(10 * time.Second),
+			ReadTimeout:       Duration(30 * time.Second),
+			WriteTimeout:      Duration(30 * time.Second),
 			IdleTimeout:       Duration(120 * time.Second),
 			MaxHeaderBytes:    32768,
 			MaxBodyBytes:      10 << 20,
@@ -294,6 +310,7 @@ func Default() *Config {
 		Upstream: Upstream{
 			Timeout:             Duration(30 * time.Second),
 			MaxIdleConnsPerHost: 256,
+			MaxConnsPerHost:     1024,
 			MaxErrorBodyBytes:   64 << 10,
 		},
 		Redis: Redis{Timeout: Duration(50 * time.Millisecond), OnFailure: "local"},

@@ -140,6 +140,25 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestParseSlowClientLimits guards issue 13's keys: server.read_timeout,
+// server.write_timeout and upstream.max_conns_per_host are read as written.
+func TestParseSlowClientLimits(t *testing.T) {
+	cfg := mustParse(t, `
+server: {read_timeout: 1500ms, write_timeout: 2m}
+upstream: {url: http://127.0.0.1:8081, max_conns_per_host: 64}
+routes: [{pattern: /api/v1/, auth: secret}]
+`, noEnv)
+	if got := cfg.Server.ReadTimeout.D(); got != 1500*time.Millisecond {
+		t.Errorf("server.read_timeout = %s, want 1.5s", got)
+	}
+	if got := cfg.Server.WriteTimeout.D(); got != 2*time.Minute {
+		t.Errorf("server.write_timeout = %s, want 2m", got)
+	}
+	if got := cfg.Upstream.MaxConnsPerHost; got != 64 {
+		t.Errorf("upstream.max_conns_per_host = %d, want 64", got)
+	}
+}
+
 // TestParseMinimalGivesDefaults guards the defaults of SPEC §3, §4 and §5:
 // a file with only upstream.url and one route gets every other value from
 // its documented default.
@@ -153,6 +172,8 @@ func TestParseMinimalGivesDefaults(t *testing.T) {
 		{"server.listen", cfg.Server.Listen, ":8080"},
 		{"admin.listen", cfg.Admin.Listen, "127.0.0.1:9090"},
 		{"server.read_header_timeout", cfg.Server.ReadHeaderTimeout.D(), 10 * time.Second},
+		{"server.read_timeout", cfg.Server.ReadTimeout.D(), 30 * time.Second},
+		{"server.write_timeout", cfg.Server.WriteTimeout.D(), 30 * time.Second},
 		{"server.idle_timeout", cfg.Server.IdleTimeout.D(), 120 * time.Second},
 		{"server.max_header_bytes", cfg.Server.MaxHeaderBytes, 32768},
 		{"server.max_body_bytes", cfg.Server.MaxBodyBytes, int64(10485760)},
@@ -160,6 +181,7 @@ func TestParseMinimalGivesDefaults(t *testing.T) {
 		{"server.trusted_proxies", len(cfg.Server.TrustedProxies), 0},
 		{"upstream.timeout", cfg.Upstream.Timeout.D(), 30 * time.Second},
 		{"upstream.max_idle_conns_per_host", cfg.Upstream.MaxIdleConnsPerHost, 256},
+		{"upstream.max_conns_per_host", cfg.Upstream.MaxConnsPerHost, 1024},
 		{"upstream.max_error_body_bytes", cfg.Upstream.MaxErrorBodyBytes, int64(65536)},
 		{"redis.url", cfg.Redis.URL, ""},
 		{"redis.enabled", cfg.Redis.Enabled(), false},

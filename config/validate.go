@@ -56,6 +56,8 @@ func (c *Config) validateServer(errs *Errors) {
 		errs.add("admin.listen", "must differ from server.listen")
 	}
 	positive(errs, "server.read_header_timeout", s.ReadHeaderTimeout.D())
+	positive(errs, "server.read_timeout", s.ReadTimeout.D())
+	positive(errs, "server.write_timeout", s.WriteTimeout.D())
 	positive(errs, "server.idle_timeout", s.IdleTimeout.D())
 	positive(errs, "server.shutdown_timeout", s.ShutdownTimeout.D())
 	if s.ShutdownDelay.D() >= s.ShutdownTimeout.D() && s.ShutdownTimeout > 0 {
@@ -141,6 +143,9 @@ func (c *Config) validateUpstream(errs *Errors) {
 	positive(errs, "upstream.timeout", u.Timeout.D())
 	if u.MaxIdleConnsPerHost <= 0 {
 		errs.add("upstream.max_idle_conns_per_host", "must be positive, got %d", u.MaxIdleConnsPerHost)
+	}
+	if u.MaxConnsPerHost <= 0 {
+		errs.add("upstream.max_conns_per_host", "must be positive, got %d", u.MaxConnsPerHost)
 	}
 	if u.MaxErrorBodyBytes <= 0 {
 		errs.add("upstream.max_error_body_bytes", "must be positive, got %d", u.MaxErrorBodyBytes)

@@ -84,6 +84,10 @@ type Gateway struct {
 	// hostPatterns is set when a pattern names a host, which then takes
 	// part in route lookups.
 	hostPatterns bool
+	// readTimeout is server.read_timeout, applied per request;
+	// writeTimeout is server.write_timeout, applied by the listener.
+	readTimeout  time.Duration
+	writeTimeout time.Duration
 }
 
 // route is one compiled route policy.
@@ -101,6 +105,40 @@ type route struct {
 	cors    bool
 	proxy   *httputil.ReverseProxy
 	metrics *metrics.Route
+	// slots are the upstream host's (upstream.max_conns_per_host), and
+	// timeout the route's upstream timeout, the longest a request waits
+	// for one.
+	slots   *hostSlots
+	timeout time.Duration
+}
+
+// hostSlots caps the exchanges in flight to one upstream host
+// (upstream.max_conns_per_host): one token in c per exchange. With
+// HTTP/1.1 upstreams an exchange holds one connection, so this caps the
+// connections in use too. Routes to the same host share it.
+//
+// It is not http.Transport.MaxConnsPerHost: a request past that cap waits
+// in the transport until its context is done, and the inbound context
+// has no deadline; giving every outbound request one (context.WithTimeout
+// and Request.WithContext) costs several allocations per request, against
+// issue 7's rule. A buffered channel costs nothing until it is full; only
+// a request that has to wait makes a timer.
+type hostSlots struct {
+	c    chan struct{}
+	host string
+}
+
+// slotKey names an upstream host: scheme, host and port, the port made
+// explicit so that http://x and http://x:80 share their slots.
+func slotKey(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // bucket is one budget: its default policy and, for the global bucket,
@@ -143,8 +181,10 @@ func New(o Options) (*Gateway, error) {
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
 
-		semicolons: cfg.Server.AllowSemicolonPaths,
-		cors:       newCORS(cfg.CORS),
+		semicolons:   cfg.Server.AllowSemicolonPaths,
+		cors:         newCORS(cfg.CORS),
+		readTimeout:  cfg.Server.ReadTimeout.D(),
+		writeTimeout: cfg.Server.WriteTimeout.D(),
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel
@@ -183,6 +223,7 @@ func New(o Options) (*Gateway, error) {
 	buckets := map[string]*bucket{}
 
 	transports := map[time.Duration]http.RoundTripper{}
+	slots := map[string]*hostSlots{}
 	for i, rc := range cfg.Routes {
 		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy, websocket: rc.WebSocket}
 		if rt.policy, err = auth.ParsePolicy(rc.Auth); err != nil {
@@ -233,6 +274,12 @@ func New(o Options) (*Gateway, error) {
 				transports[timeout] = t
 				tr = t
 			}
+		}
+		rt.timeout = timeout
+		key := slotKey(u)
+		if rt.slots = slots[key]; rt.slots == nil {
+			rt.slots = &hostSlots{c: make(chan struct{}, cfg.Upstream.MaxConnsPerHost), host: u.Host}
+			slots[key] = rt.slots
 		}
 		rt.metrics = o.Metrics.ForRoute(rc.Pattern, codes)
 		rt.proxy = g.newReverseProxy(rt, u, tr, cfg.Upstream.MaxErrorBodyBytes)
@@ -296,6 +343,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.setRequestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = st.idHdr[:]
+	st.hasBody = r.Body != nil && r.Body != http.NoBody
 	if len(r.TransferEncoding) > 0 {
 		// Go has already let Transfer-Encoding override any
 		// Content-Length and removed it, but keeps the connection open;
@@ -303,12 +351,16 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// request, or bytes a front proxy counted as this body may be
 		// read as a smuggled next request. Chunked requests are rare in
 		// APIs: close after every one, whatever the answer.
-		w.Header()["Connection"] = []string{"close"}
+		w.Header()["Connection"] = connectionClose
 	}
 
 	defer g.finish(st, r)
 	g.route(st, r)
 }
+
+// connectionClose is the Connection header value of an answer after
+// which the connection must not be reused; shared, never modified.
+var connectionClose = []string{"close"}
 
 // finish recovers a panic into 500 INTERNAL_ERROR, then writes the access
 // log line and the request metrics.
@@ -333,6 +385,9 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 				abort = true
 			}
 		}
+	}
+	if st.hasBody {
+		st.endBody(g.readTimeout)
 	}
 	g.accessLog(st, r)
 	if abort {
@@ -608,7 +663,12 @@ func (rt *route) serve(st *state, r *http.Request) {
 		// relays bytes blindly: no auth, limit or log per request.
 		delete(h, "Upgrade")
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	if !rt.acquire(st, r) {
+		return
+	}
+	defer rt.release()
+	if st.hasBody {
+		st.forwardBody(r, g.readTimeout)
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
 	}
 	st.proxyStart = time.Now()
@@ -651,6 +711,37 @@ func restoreOwnHeaders(in, out http.Header) {
 func isWebSocket(v []string) bool {
 	return len(v) == 1 && strings.EqualFold(strings.TrimSpace(v[0]), "websocket")
 }
+
+// acquire takes one of the upstream host's slots, waiting up to the
+// route's timeout when all are in use. It reports whether the request
+// may go on; if not, it has answered 503 (or the client went away).
+func (rt *route) acquire(st *state, r *http.Request) bool {
+	select {
+	case rt.slots.c <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(rt.timeout)
+	defer t.Stop()
+	select {
+	case rt.slots.c <- struct{}{}:
+		return true
+	case <-r.Context().Done():
+		st.canceled = true
+		st.cause = context.Cause(r.Context())
+		return false
+	case <-t.C:
+		// Not 504: the upstream has not been asked. The log says why.
+		rt.g.reply(st, r, apierror.New(apierror.ServiceUnavailable, fmt.Errorf(
+			"no upstream connection free: upstream.max_conns_per_host (%d) all in use for %s, waited %s",
+			cap(rt.slots.c), rt.slots.host, rt.timeout)))
+		return false
+	}
+}
+
+// release gives back the slot taken by acquire, once the exchange is over
+// (ReverseProxy has closed the upstream body, or aborted).
+func (rt *route) release() { <-rt.slots.c }
 
 // keyTypeHeader holds the X-Api-Key-Type values, shared: ReverseProxy
 // copies request headers, never changes them in place.
@@ -790,13 +881,28 @@ func setXForwarded(pr *httputil.ProxyRequest) {
 	out["X-Forwarded-For"] = v[0:1:1]
 }
 
-// proxyError answers a failed upstream exchange (SPEC §1): 413 for a body
-// over the limit, 504 for a timeout, 502 for anything else. A client that
-// went away gets nothing and is logged as 499.
+// proxyError answers a failed upstream exchange (SPEC §1): 408 for a
+// request body that stalled past server.read_timeout, 413 for a body over
+// the limit, 504 for a timeout, 502 for anything else. A client that went
+// away gets nothing and is logged as 499.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateOf(w)
 	if st == nil {
 		g.catalog.Write(w, r, apierror.ErrBadGateway)
+		return
+	}
+	if st.w.status != 0 {
+		// ReverseProxy reports errors before it writes anything; should
+		// one come after, a second status line cannot be sent.
+		st.cause = err
+		return
+	}
+	if st.bodyStalled(r, err) {
+		// The rest of the body will never be read: close the connection
+		// after the answer rather than read it as the next request.
+		st.w.Header()["Connection"] = connectionClose
+		g.reply(st, r, apierror.New(apierror.RequestTimeout,
+			fmt.Errorf("request body not received within server.read_timeout (%s): %w", g.readTimeout, err)))
 		return
 	}
 	if r.Context().Err() != nil {

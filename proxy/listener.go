@@ -7,12 +7,16 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/metrics"
 )
 
-// WrapListener makes the errors that net/http's server answers by itself,
+// WrapListener applies server.write_timeout to every write on the
+// accepted connections (see [shapingConn.pushWriteDeadline]), and makes
+// the errors that net/http's server answers by itself,
 // before any handler runs — 400 for a malformed request (duplicate
 // Content-Length, a NUL in a header, a bad request line), 431 for headers
 // over server.max_header_bytes, 501 for an unknown transfer coding —
@@ -43,6 +47,57 @@ func (l *shapingListener) Accept() (net.Conn, error) {
 type shapingConn struct {
 	net.Conn
 	current func() *Gateway
+	// pushed is when the write deadline was last pushed back, as the
+	// (monotonic) time since connEpoch; 0 when it must be set before the
+	// next write. slack is write_timeout/16 as of that push.
+	pushed atomic.Int64
+	slack  atomic.Int64
+}
+
+// connEpoch is the origin of shapingConn.pushed.
+var connEpoch = time.Now()
+
+// pushWriteDeadline implements server.write_timeout: before each write
+// to the client, the connection's write deadline is pushed back to
+// write_timeout from now, so a write fails only when the client has
+// taken nothing for that long. A client that never reads its answer
+// fills the socket buffers, the write blocks, fails at the deadline, and
+// the connection is closed (ReverseProxy aborts the handler, which frees
+// the goroutine and the upstream connection); a long download read
+// slowly but steadily is never cut, as net/http's Server.WriteTimeout
+// (one deadline for the whole response) would cut it.
+//
+// It is done here, on the connection, rather than per request through
+// http.ResponseController in the response writer: every byte net/http
+// writes passes here — the response, its final flush after the handler
+// has returned, "100 Continue", the answers net/http gives by itself
+// between two requests — so a deadline set for one request can never be
+// found stale by the next write, and it costs nothing per request: the
+// deadline moves at most once every write_timeout/16 per connection (a
+// write gets between 15/16 of write_timeout and all of it). The value is
+// the current gateway's, so a reload applies to open connections too.
+func (c *shapingConn) pushWriteDeadline() {
+	now := time.Since(connEpoch)
+	if p := c.pushed.Load(); p != 0 && int64(now)-p < c.slack.Load() {
+		return
+	}
+	wt := c.current().writeTimeout
+	if c.Conn.SetWriteDeadline(connEpoch.Add(now+wt)) == nil {
+		c.slack.Store(int64(wt / 16))
+		c.pushed.Store(max(int64(now), 1))
+	}
+}
+
+// SetDeadline and SetWriteDeadline are net/http's (a hijack clears the
+// deadlines): the next write sets write_timeout again.
+func (c *shapingConn) SetDeadline(t time.Time) error {
+	c.pushed.Store(0)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *shapingConn) SetWriteDeadline(t time.Time) error {
+	c.pushed.Store(0)
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // serverErrorHead is what net/http puts between the status line and the
@@ -50,6 +105,7 @@ type shapingConn struct {
 var serverErrorHead = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n")
 
 func (c *shapingConn) Write(b []byte) (int, error) {
+	c.pushWriteDeadline()
 	if len(b) < 12 || b[0] != 'H' || !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) {
 		return c.Conn.Write(b)
 	}

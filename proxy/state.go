@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -48,6 +52,125 @@ type state struct {
 	// failed exchange is not counted as an upstream response time.
 	ownReply bool
 	canceled bool
+
+	// hasBody is set when the request came with a body (see
+	// [state.forwardBody] and [state.endBody]).
+	hasBody bool
+	// body is the forwarded request body, inside the state so that it
+	// costs no allocation of its own; readDeadline is when it must have
+	// arrived (server.read_timeout), zero until it is forwarded.
+	body         bodyReader
+	readDeadline time.Time
+}
+
+// readDeadliner is the part of the server's response writer that
+// http.ResponseController.SetReadDeadline uses: it sets the read deadline
+// of the client's connection (of the stream, over HTTP/2).
+type readDeadliner interface {
+	SetReadDeadline(time.Time) error
+}
+
+// readDeadlinerOf finds the server's writer under w through Unwrap, as
+// http.ResponseController does, but without allocating an error when
+// there is none (httptest's recorder): nil then.
+func readDeadlinerOf(w http.ResponseWriter) readDeadliner {
+	for {
+		switch t := w.(type) {
+		case readDeadliner:
+			return t
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
+// forwardBody arms server.read_timeout on the request body as it is about
+// to be forwarded, and wraps it to see its end. The clock starts here, not
+// when the headers arrived: the route's checks and the wait for an
+// upstream connection are not the client's time (and a client that sent
+// "Expect: 100-continue" only starts sending now). A client that trickles
+// its body — headers, then a byte every few seconds — would otherwise
+// hold this goroutine and an upstream connection for as long as it likes.
+//
+// The deadline is on the connection: net/http's Server.ReadTimeout would
+// do the same but from the headers and for every request, and could not
+// change on reload.
+func (st *state) forwardBody(r *http.Request, timeout time.Duration) {
+	c := readDeadlinerOf(st.w.ResponseWriter)
+	if c == nil {
+		return
+	}
+	st.readDeadline = time.Now().Add(timeout)
+	if c.SetReadDeadline(st.readDeadline) != nil {
+		st.readDeadline = time.Time{}
+		return
+	}
+	st.body.ReadCloser = r.Body
+	st.body.conn = c
+	r.Body = &st.body
+}
+
+// endBody runs when the handler returns. net/http then reads what is left
+// of an unread body (up to 256 KiB) so that it can reuse the connection;
+// for a request refused before its body was forwarded, that read gets
+// server.read_timeout from now. A forwarded body keeps the deadline it
+// was given (a stalled one has passed it: the connection is closed).
+func (st *state) endBody(timeout time.Duration) {
+	if st.body.conn != nil {
+		st.body.mu.Lock()
+		st.body.finished = true
+		st.body.mu.Unlock()
+		return
+	}
+	if c := readDeadlinerOf(st.w.ResponseWriter); c != nil {
+		_ = c.SetReadDeadline(time.Now().Add(timeout))
+	}
+}
+
+// bodyStalled reports whether a failed exchange is the client's body not
+// arriving by its deadline. The transport may report that as the read
+// error itself or, as net/http's server cancels the request's context on
+// a failed connection read, as a canceled context; either way the body is
+// unfinished and its deadline has passed.
+func (st *state) bodyStalled(r *http.Request, err error) bool {
+	if st.readDeadline.IsZero() || time.Now().Before(st.readDeadline) {
+		return false
+	}
+	st.body.mu.Lock()
+	eof := st.body.eof
+	st.body.mu.Unlock()
+	return !eof && (errors.Is(err, os.ErrDeadlineExceeded) || r.Context().Err() != nil)
+}
+
+// bodyReader is a forwarded request body that lifts the read deadline
+// once the body has been read to its end. It must: net/http then reads
+// the connection in the background to notice a client that goes away,
+// and that read failing at the deadline would cancel a request whose
+// upstream is merely slow to answer. The transport reads the body in its
+// own goroutine, which may outlive the handler; mu orders the lift before
+// the server takes the connection back (finished), so that it never
+// clears the keep-alive deadline net/http sets after the handler.
+type bodyReader struct {
+	io.ReadCloser
+	conn     readDeadliner
+	mu       sync.Mutex
+	eof      bool
+	finished bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.mu.Lock()
+		if !b.eof && !b.finished {
+			_ = b.conn.SetReadDeadline(time.Time{})
+		}
+		b.eof = true
+		b.mu.Unlock()
+	}
+	return n, err
 }
 
 // stateOf returns the state behind a response writer of the chain.
