@@ -172,6 +172,9 @@ var badConfigs = map[string][]string{
 	"bucket_defined_twice": {
 		`routes[2].rate_limit: bucket "heavy" is also defined by routes[0] with other tiers`,
 	},
+	"plan_name_bad": {
+		`rate_limit.plans.pro plan: plan name must be visible ASCII characters (no space or control character), got "pro plan"`,
+	},
 	"bad_rate_limit_enums": {
 		`rate_limit.key_by: must be app, key or ip, got "user"`,
 		`rate_limit.algorithm: must be sliding_log or gcra, got "token_bucket"`,

@@ -94,6 +94,8 @@ func ParseKeyFile(data []byte, plans map[string]Plan) (*KeyFile, error) {
 		switch {
 		case app.ID == "":
 			errs.add(p+".id", "required")
+		case !ValidIdent(app.ID):
+			errs.add(p+".id", "%s", identProblem(app.ID))
 		default:
 			if j, dup := ids[app.ID]; dup {
 				errs.add(p+".id", "%q is also apps[%d]", app.ID, j)
@@ -137,4 +139,32 @@ func ParseKeyFile(data []byte, plans map[string]Plan) (*KeyFile, error) {
 		return nil, errs
 	}
 	return kf, nil
+}
+
+// MaxIdentLen is the longest app id, plan or status a key store may hold.
+const MaxIdentLen = 128
+
+// ValidIdent reports whether s is 1 to [MaxIdentLen] visible ASCII
+// characters (0x21–0x7E): what a key store's app id, plan and status must
+// be. An app id travels upstream in the X-App-Id header and into log lines
+// and budget keys, so a CR, LF, space or other control byte there would
+// break the request or the log, not just look odd.
+func ValidIdent(s string) bool {
+	if len(s) == 0 || len(s) > MaxIdentLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// identProblem says why s is not a [ValidIdent], for an error message.
+func identProblem(s string) string {
+	if len(s) > MaxIdentLen {
+		return fmt.Sprintf("must be at most %d characters, got %d", MaxIdentLen, len(s))
+	}
+	return fmt.Sprintf("must be visible ASCII characters (no space or control character), got %q", s)
 }

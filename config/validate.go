@@ -232,6 +232,9 @@ func (c *Config) validateRateLimit(errs *Errors) {
 		p := "rate_limit.plans." + name
 		if name == "" {
 			errs.add(p, "plan name must not be empty")
+		} else if !ValidIdent(name) {
+			// The key stores' plans must be the same identifiers.
+			errs.add(p, "plan name %s", identProblem(name))
 		}
 		checkTiers(errs, p, rl.Algorithm, rl.Plans[name].Tiers, true)
 	}
