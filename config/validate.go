@@ -30,7 +30,15 @@ func (c *Config) Validate() error {
 	for _, k := range sortedKeys(c.Messages) {
 		p := "messages." + k
 		if !apierror.Known(apierror.Code(k)) {
-			errs.add(p, "unknown error code")
+			var codes []string
+			for _, c := range apierror.Codes() {
+				codes = append(codes, string(c))
+			}
+			if s := closest(k, codes); s != "" {
+				errs.add(p, "unknown error code; did you mean %q?", s)
+			} else {
+				errs.add(p, "unknown error code")
+			}
 		} else if strings.TrimSpace(c.Messages[k]) == "" {
 			errs.add(p, "message must not be empty")
 		}
