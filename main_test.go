@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -64,15 +66,8 @@ colour: blue
 		})
 	}
 
-	// Every error of the bad file, once the unknown key is fixed, is
-	// reported at once, each with its field path.
-	os.WriteFile(bad, []byte(`
-server: {listen: ":8080", max_body_bytes: -1}
-upstream: {url: "ftp://x"}
-routes:
-  - {pattern: "/a", auth: secret}
-  - {pattern: "/a", auth: maybe}
-`), 0o600)
+	// Every error of the bad file is reported at once, each with its
+	// field path, in file order: the unknown key hides nothing.
 	var out, errb bytes.Buffer
 	if code := run([]string{"-check-config", "-config", bad}, &out, &errb); code != 1 {
 		t.Fatalf("exit %d", code)
@@ -82,10 +77,96 @@ routes:
 		bad + `: upstream.url: want an http:// or https:// URL, got "ftp://x"`,
 		bad + `: routes[1].pattern: pattern "/a" conflicts with pattern "/a": /a matches the same requests as /a`,
 		bad + `: routes[1].auth: must be secret, public or none, got "maybe"`,
+		bad + `: colour: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)`,
 	}
 	got := strings.Split(strings.TrimSpace(errb.String()), "\n")
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("stderr:\n%s\nwant:\n%s", errb.String(), strings.Join(want, "\n"))
+	}
+	if out.Len() != 0 {
+		t.Errorf("stdout %q", out.String())
+	}
+}
+
+// checkConfigAllErrors is a config with one error of each kind (issue 13
+// item 4, issue 20 item 3) and the lines -check-config must print for it,
+// in file order, each naming its field.
+const checkConfigAllErrors = `
+server:
+  listne_timeout: 5s
+  idel_timeout: 60s
+upstream:
+  url: ftp://files.example.com
+  timeout: 30 seconds
+rate_limit:
+  tiers:
+    - {limit: 3, window: 1500ms}
+routes:
+  - {pattern: "/api/v1/health", auth: none}
+  - {pattern: "/api/v1/", auth: maybe}
+`
+
+var checkConfigAllErrorsWant = []string{
+	`server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+	`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+	`upstream.url: want an http:// or https:// URL, got "ftp://files.example.com"`,
+	`upstream.timeout: invalid duration "30 seconds" (want e.g. 50ms, 10s, 1m)`,
+	`rate_limit.tiers[0].window: must be a whole number of seconds, got 1500ms`,
+	`routes[1].auth: must be secret, public or none, got "maybe"`,
+}
+
+// TestCheckConfigAllErrors guards SPEC §5/§7 "-check-config names every
+// error of the file in one run": an unknown key, a bad duration, an ftp://
+// URL, a window of 1500ms and an unknown auth policy all appear in one
+// run, with exit 1, whatever their kind.
+func TestCheckConfigAllErrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(checkConfigAllErrors), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"-check-config", "-config", path}, &out, &errb); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errb.String())
+	}
+	var want []string
+	for _, w := range checkConfigAllErrorsWant {
+		want = append(want, path+": "+w)
+	}
+	if got := strings.TrimSuffix(errb.String(), "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("stderr:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	if out.Len() != 0 {
+		t.Errorf("stdout %q", out.String())
+	}
+}
+
+// TestCheckConfigBinary runs the shipped binary (the Dockerfile's build,
+// shared with the ops tests) with -check-config on the same file: exit
+// status 1, nothing on stdout, and every error on stderr, one per line.
+func TestCheckConfigBinary(t *testing.T) {
+	img := builtImage(t)
+	bin := img.file(t, img.stage("deskgate"), img.stage("deskgate").execForm(t, "ENTRYPOINT")[0])
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(checkConfigAllErrors), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, "-check-config", "-config", path)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1; stderr:\n%s", err, errb.String())
+	}
+	var want []string
+	for _, w := range checkConfigAllErrorsWant {
+		want = append(want, path+": "+w)
+	}
+	if got := strings.TrimSuffix(errb.String(), "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("stderr:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	if out.Len() != 0 {
+		t.Errorf("stdout %q", out.String())
 	}
 }
 
@@ -313,7 +394,8 @@ func TestHashKey(t *testing.T) {
 }
 
 // TestCheckConfigKeyFile guards issue 3's key-file validation through
-// -check-config: every bad entry is named.
+// -check-config: every bad entry is named, together with the config's own
+// errors.
 func TestCheckConfigKeyFile(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yaml")
@@ -321,6 +403,7 @@ func TestCheckConfigKeyFile(t *testing.T) {
 upstream: {url: "http://127.0.0.1:8081"}
 auth: {store: file, file: keys.yaml}
 routes: [{pattern: "/", auth: secret}]
+log: {level: loud}
 `), 0o600)
 	os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte(`
 apps:
@@ -338,7 +421,10 @@ apps:
 	if code := run([]string{"-check-config", "-config", cfg}, &out, &errb); code != 1 {
 		t.Fatalf("exit %d", code)
 	}
+	// The config's own errors and the key file's, in one run (issue 13
+	// item 4).
 	for _, want := range []string{
+		cfg + `: log.level: must be debug, info, warn or error, got "loud"`,
 		`auth.file: apps[0].keys[0].sha256: want 64 hex digits`,
 		`auth.file: apps[0].keys[1].key: not a valid API key`,
 		`auth.file: apps[1].plan: unknown plan "gold"`,

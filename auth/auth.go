@@ -196,18 +196,23 @@ func New(cfg config.Auth, store KeyStore) (*Authenticator, error) {
 
 // Authenticate checks the X-API-Key values of a request against p, in the
 // order of SPEC §1: presence, format (and environment), type against the
-// route, then the key store. Refusals are shared sentinels; a store that
+// route, then the key store. More than one X-API-Key header is
+// AUTH_API_KEY_INVALID even when some are empty; only a single empty one
+// (or none) is AUTH_API_KEY_MISSING. Refusals are shared sentinels; a store that
 // cannot answer gives 503 SERVICE_UNAVAILABLE.
 func (a *Authenticator) Authenticate(ctx context.Context, values []string, p Policy) (Identity, *apierror.Error) {
 	if p == None {
 		return Identity{}, nil
 	}
+	if len(values) > 1 {
+		// Two headers are ambiguous, whatever they hold (an empty one
+		// too): which one would the upstream read? As with two
+		// Authorization headers, the credentials are refused, not
+		// reported missing.
+		return Identity{}, apierror.ErrKeyInvalid
+	}
 	if len(values) == 0 || values[0] == "" {
 		return Identity{}, apierror.ErrKeyMissing
-	}
-	if len(values) > 1 {
-		// Two keys are ambiguous: which one would the upstream use?
-		return Identity{}, apierror.ErrKeyInvalid
 	}
 	k, ok := ParseKey(values[0])
 	if !ok || !a.envs[k.Env] {

@@ -200,6 +200,11 @@ func TestAuthenticate(t *testing.T) {
 		// Two values are ambiguous.
 		{"secret: two valid keys", live, SecretOnly, []string{skLive, skLive}, apierror.AuthKeyInvalid, 0},
 		{"public: two different keys", live, PublicOK, []string{pkLive, skLive}, apierror.AuthKeyInvalid, 0},
+		// Issue 13 item 11: an empty header among several is still two
+		// headers, not a missing key.
+		{"secret: first of two empty", live, SecretOnly, []string{"", skLive}, apierror.AuthKeyInvalid, 0},
+		{"secret: second of two empty", live, SecretOnly, []string{skLive, ""}, apierror.AuthKeyInvalid, 0},
+		{"public: two empty", live, PublicOK, []string{"", ""}, apierror.AuthKeyInvalid, 0},
 
 		// Format.
 		{"secret: malformed", live, SecretOnly, []string{"not-a-key"}, apierror.AuthKeyInvalid, 0},

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -93,9 +94,32 @@ type cacheShard struct {
 }
 
 type cacheEntry struct {
-	app        *App
+	app *App
+	// bad is a record that failed validation ([RecordError]): cached
+	// like an unknown key, so that its requests do not each cost a
+	// Redis call, but answered as a store error.
+	bad        *RecordError
 	expires    time.Time
 	staleUntil time.Time
+}
+
+// RecordError is a key store record that breaks SPEC §3's rules: its
+// `app`, `plan` or `status` is not 1 to 128 visible ASCII characters
+// ([config.ValidIdent]). It is a fault of the store's data, not of the
+// client's key: the lookup fails as if the store could not answer (a
+// stale cached answer is used within auth.stale_if_error, else 503), and
+// the value never reaches a header or a log line. The message names the
+// record by its hash prefix only.
+type RecordError struct {
+	// Record is the Redis key, with only the first 8 hex digits of the
+	// hash.
+	Record string
+	// Field is the offending field: app, plan or status.
+	Field string
+}
+
+func (e *RecordError) Error() string {
+	return fmt.Sprintf("key store: record %s: field %q is not 1 to %d visible ASCII characters", e.Record, e.Field, config.MaxIdentLen)
 }
 
 // lookupCall is one Redis lookup in flight, shared by every request for
@@ -157,6 +181,9 @@ func (s *RedisStore) Lookup(ctx context.Context, hash [32]byte) (*App, error) {
 	e, cached := sh.m[hash]
 	if cached && now.Before(e.expires) {
 		sh.mu.Unlock()
+		if e.bad != nil {
+			return nil, e.bad
+		}
 		return e.app, nil
 	}
 	if c := sh.calls[hash]; c != nil {
@@ -179,6 +206,7 @@ func (s *RedisStore) Lookup(ctx context.Context, hash [32]byte) (*App, error) {
 	now = s.now()
 	sh.mu.Lock()
 	delete(sh.calls, hash)
+	var bad *RecordError
 	switch {
 	case err == nil:
 		ttl := s.ttl
@@ -186,9 +214,13 @@ func (s *RedisStore) Lookup(ctx context.Context, hash [32]byte) (*App, error) {
 			ttl = s.negTTL
 		}
 		s.put(sh, hash, cacheEntry{app: app, expires: now.Add(ttl), staleUntil: now.Add(ttl + s.stale)})
-	case cached && now.Before(e.staleUntil):
-		s.log.Warn("key store unreachable; using a stale cached answer", "error", err.Error())
+	case cached && e.bad == nil && now.Before(e.staleUntil):
+		// The last good answer stands in, whether Redis is down or
+		// the record went bad (its entry is kept for the next try).
+		s.log.Warn("key store cannot answer; using a stale cached answer", "error", err.Error())
 		app, err = e.app, nil
+	case errors.As(err, &bad):
+		s.put(sh, hash, cacheEntry{bad: bad, expires: now.Add(s.negTTL), staleUntil: now.Add(s.negTTL)})
 	}
 	c.app, c.err = app, err
 	close(c.done)
@@ -232,12 +264,25 @@ func (s *RedisStore) fetch(ctx context.Context, hash [32]byte) (*App, error) {
 	if len(fields) == 0 {
 		return nil, nil
 	}
+	record := s.prefix + hex.EncodeToString(hash[:4]) + "…"
 	app := &App{ID: fields["app"], Plan: fields["plan"], Active: fields["status"] == "active"}
 	if app.ID == "" {
 		// A record without its app cannot say whom to bill: the key
 		// is refused, and the operator told (by hash prefix only).
-		s.log.Warn("key store record without app; key refused", "record", s.prefix+hex.EncodeToString(hash[:4])+"…")
+		s.log.Warn("key store record without app; key refused", "record", record)
 		return nil, nil
+	}
+	// Every value is checked before it is trusted: an app id with a CR
+	// or LF would otherwise reach the X-App-Id header (and fail there,
+	// as a 502 blamed on the upstream, after the budget was spent).
+	// Plan and status are optional but, when present, follow the same
+	// rule. (An empty plan is the default tiers; an empty status, like
+	// any but active, refuses the key.)
+	for _, f := range [...]string{"app", "plan", "status"} {
+		if v := fields[f]; v != "" && !config.ValidIdent(v) {
+			s.log.Warn("key store record invalid; its keys cannot be checked", "record", record, "field", f, "length", len(v))
+			return nil, &RecordError{Record: record, Field: f}
+		}
 	}
 	if st := fields["status"]; st != "active" && st != "revoked" {
 		s.log.Warn("key store record with unknown status; key refused", "status", st, "app", app.ID)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,6 +117,110 @@ func TestRedisStoreRecords(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisStoreBadRecords guards issue 13 item 9: a record's app, plan
+// and status must be 1 to 128 visible ASCII characters. A record that
+// breaks the rule is a key store error (503 SERVICE_UNAVAILABLE, never a
+// pass, never its value in a header), logged by hash prefix only and
+// without the value; it is cached for negative_cache_ttl like an unknown
+// key, so a flood of its key costs one Redis call.
+func TestRedisStoreBadRecords(t *testing.T) {
+	mr, c := miniClient(t)
+	long := strings.Repeat("a", 129)
+	registerKey(t, c, testKey(1), "app", "app_x\r\nX-Evil: 1", "status", "active")
+	registerKey(t, c, testKey(2), "app", long, "status", "active")
+	registerKey(t, c, testKey(3), "app", "app_ok", "status", "active", "plan", "pro plan")
+	registerKey(t, c, testKey(4), "app", "app_ok", "status", "active\n")
+	registerKey(t, c, testKey(5), "app", "app_\u00e9t\u00e9", "status", "active")
+	registerKey(t, c, testKey(6), "app", "app\x00", "status", "active")
+	registerKey(t, c, testKey(7), "app", strings.Repeat("a", 128), "status", "active", "plan", "pro")
+	var logs strings.Builder
+	var logMu sync.Mutex
+	o := RedisStoreOptions{Client: c, Config: redisAuthConfig(), Timeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			return logs.Write(p)
+		}), nil))}
+	clock := &manualClock{t: time.Unix(1_800_000_000, 0)}
+	o.Now = clock.Now
+	s := NewRedisStore(o)
+	a, err := New(redisAuthConfig(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, field := range map[int]string{1: "app", 2: "app", 3: "plan", 4: "status", 5: "app", 6: "app"} {
+		t.Run(fmt.Sprintf("key %d bad %s", i, field), func(t *testing.T) {
+			id, e := a.Authenticate(context.Background(), []string{testKey(i)}, SecretOnly)
+			if e == nil || e.Code != apierror.ServiceUnavailable || e.HTTPStatus() != 503 {
+				t.Fatalf("Authenticate = %+v, %v; want 503 SERVICE_UNAVAILABLE", id, e)
+			}
+			var re *RecordError
+			if !errors.As(e, &re) || re.Field != field {
+				t.Fatalf("cause %v, want a RecordError on %s", e.Cause, field)
+			}
+			h := hexOf(testKey(i))
+			if want := "deskgate:apikey:" + h[:8] + "…"; re.Record != want {
+				t.Errorf("record %q, want %q", re.Record, want)
+			}
+			if strings.Contains(e.Error(), h) || strings.Contains(e.Error(), "X-Evil") || strings.Contains(e.Error(), long) {
+				t.Errorf("error %q shows the full hash or the bad value", e.Error())
+			}
+		})
+	}
+	logMu.Lock()
+	got := logs.String()
+	logMu.Unlock()
+	if n := strings.Count(got, "key store record invalid"); n != 6 {
+		t.Errorf("%d warnings for 6 bad records:\n%s", n, got)
+	}
+	for i := 1; i <= 6; i++ {
+		if h := hexOf(testKey(i)); strings.Contains(got, h) {
+			t.Errorf("log shows a full key hash: %s", got)
+		}
+	}
+	if strings.Contains(got, "X-Evil") || strings.Contains(got, testKey(1)) {
+		t.Errorf("log shows the bad value or a key:\n%s", got)
+	}
+
+	// 128 characters is the bound, not past it.
+	if id, e := a.Authenticate(context.Background(), []string{testKey(7)}, SecretOnly); e != nil || len(id.AppID) != 128 || id.Plan != "pro" {
+		t.Fatalf("128-character app: %+v %v", id, e)
+	}
+
+	// Cached for negative_cache_ttl: repeats cost no Redis call.
+	before := mr.CommandCount()
+	for range 100 {
+		if _, e := a.Authenticate(context.Background(), []string{testKey(1)}, SecretOnly); e == nil || e.Code != apierror.ServiceUnavailable {
+			t.Fatalf("repeat: %v", e)
+		}
+	}
+	if n := mr.CommandCount() - before; n != 0 {
+		t.Errorf("100 repeats of a bad record cost %d Redis commands, want 0", n)
+	}
+	// Fixed by the operator: seen after negative_cache_ttl.
+	registerKey(t, c, testKey(1), "app", "app_x")
+	clock.Advance(5 * time.Second)
+	if id, e := a.Authenticate(context.Background(), []string{testKey(1)}, SecretOnly); e != nil || id.AppID != "app_x" {
+		t.Fatalf("after the fix: %+v %v", id, e)
+	}
+
+	// A record that goes bad while a good answer is cached: the good
+	// answer stands in up to stale_if_error, as when Redis is down.
+	registerKey(t, c, testKey(1), "app", "app_x\r\n")
+	clock.Advance(31 * time.Second)
+	if id, e := a.Authenticate(context.Background(), []string{testKey(1)}, SecretOnly); e != nil || id.AppID != "app_x" {
+		t.Fatalf("stale answer: %+v %v", id, e)
+	}
+	clock.Advance(5 * time.Minute)
+	if _, e := a.Authenticate(context.Background(), []string{testKey(1)}, SecretOnly); e == nil || e.Code != apierror.ServiceUnavailable {
+		t.Fatalf("past stale_if_error: %v, want SERVICE_UNAVAILABLE", e)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestRedisStoreCache guards the cache semantics of SPEC §3: known keys
 // are cached for cache_ttl (a revocation takes effect within it), unknown

@@ -17,16 +17,17 @@ func badLookup(name string) (string, bool) {
 }
 
 // badConfigs maps each fixture testdata/bad/<name>.yaml to the exact lines
-// Parse must report, in order (each is FieldError.Error(), "path: message").
+// Parse must report, in order (each is FieldError.Error(), "path: message"):
+// file order, with errors about fields the file does not write last.
 // A want line ending in "..." matches any line with that prefix: it is used
 // where the tail of the message is net/http's own wording.
 var badConfigs = map[string][]string{
 	// Unknown keys, at every level (SPEC §5 "Unknown keys are errors").
 	"unknown_top_level_key": {
-		"watch_confg: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)",
+		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)`,
 	},
 	"unknown_nested_key": {
-		"server.lissten: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
+		`server.lissten: unknown key; did you mean "listen"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
 	},
 	"unknown_route_key": {
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
@@ -188,6 +189,9 @@ var badConfigs = map[string][]string{
 	"bucket_defined_twice": {
 		`routes[2].rate_limit: bucket "heavy" is also defined by routes[0] with other tiers`,
 	},
+	"plan_name_bad": {
+		`rate_limit.plans.pro plan: plan name must be visible ASCII characters (no space or control character), got "pro plan"`,
+	},
 	"bad_rate_limit_enums": {
 		`rate_limit.key_by: must be app, key or ip, got "user"`,
 		`rate_limit.algorithm: must be sliding_log or gcra, got "token_bucket"`,
@@ -198,8 +202,8 @@ var badConfigs = map[string][]string{
 		"messages.RATE_LIMITED: unknown error code",
 	},
 	"messages_empty": {
-		"messages.BAD_GATEWAY: message must not be empty",
 		"messages.NOT_FOUND: message must not be empty",
+		"messages.BAD_GATEWAY: message must not be empty",
 	},
 	"log_bad_level_and_format": {
 		`log.level: must be debug, info, warn or error, got "verbose"`,
@@ -245,7 +249,7 @@ var badConfigs = map[string][]string{
 		`routes[0].cors: true needs cors.allowed_origins`,
 	},
 	"many_decode_errors": {
-		"serverr: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)",
+		`serverr: unknown key; did you mean "server"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)`,
 		"server.listen: want a string, got a list",
 		`server.idle_timeout: invalid duration "forever" (want e.g. 50ms, 10s, 1m)`,
 		`server.max_body_bytes: want an integer, got "10"`,
@@ -256,10 +260,52 @@ var badConfigs = map[string][]string{
 		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
 		`log: want a mapping of keys, got "info"`,
 	},
+	// Errors of different kinds in one file (issue 13 item 4, issue 20
+	// item 3): every one named with its field path in one run, in file
+	// order, none hiding another, none reported twice.
+	"mixed_issue_20": {
+		"server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
+		`upstream.url: want an http:// or https:// URL, got "ftp://files.example.com"`,
+		"rate_limit.tiers[0].window: must be a whole number of seconds, got 1500ms",
+		`routes[0].auth: must be secret, public or none, got "maybe"`,
+	},
+	"mixed_issue_13": {
+		`upstream.timeout: invalid duration "30 seconds" (want e.g. 50ms, 10s, 1m)`,
+		`routes[1].auth: must be secret, public or none, got "secrett"`,
+	},
+	"mixed_every_kind": {
+		`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+		`server.max_body_bytes: want an integer, got "ten"`,
+		"upstream.url: environment variable DG_UNSET is not set (use ${DG_UNSET:-default} for a default)",
+		"upstream.url: key given twice",
+		`redis.on_failure: must be local, allow or deny, got "retry"`,
+		`routes[1].pattern: pattern "GET /api/v1/{name}" conflicts with pattern "GET /api/v1/{id}"...`,
+		`messages.NOT_FOUNT: unknown error code; did you mean "NOT_FOUND"?`,
+	},
+	"mixed_no_double_reports": {
+		"upstream.url: environment variable DG_UNSET is not set (use ${DG_UNSET:-default} for a default)",
+		"upstream.timeout: must not be negative",
+		`rate_limit.tiers[0].window: invalid duration "1 s" (want e.g. 50ms, 10s, 1m)`,
+		"rate_limit.tiers[1].limit: must be positive, got 0",
+		`routes[0]: want a mapping of keys, got "/api/v1/"`,
+		`routes[1].auth: must be secret, public or none, got "private"`,
+		`routes[2].pattern: pattern "/api/v1/tickets" conflicts with pattern "/api/v1/tickets"...`,
+		`log: want a mapping of keys, got "loud"`,
+	},
+	"missing_after_written": {
+		`routes[0].auth: must be secret, public or none, got "maybe"`,
+		`log.format: must be json or text, got "xml"`,
+		"upstream.url: required",
+	},
+	"null_list_element": {
+		"routes[0].pattern: required",
+		"routes[0].auth: required: secret, public or none",
+		`routes[1].auth: must be secret, public or none, got "maybe"`,
+	},
 	"many_validation_errors": {
-		"admin.listen: must differ from server.listen",
 		"server.max_header_bytes: must be at least 1024, got 100",
 		`server.trusted_proxies[0]: invalid CIDR "10.0.0.0/33"`,
+		"admin.listen: must differ from server.listen",
 		`upstream.url: want an http:// or https:// URL, got "ftp://example.com"`,
 		`redis.on_failure: must be local, allow or deny, got "retry"`,
 		`auth.environments[0]: must be live or test, got "prod"`,

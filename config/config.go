@@ -371,50 +371,93 @@ func (es *Errors) add(path, format string, args ...any) {
 	*es = append(*es, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-// Load reads, decodes and validates the file at path. The error, when not
-// nil, is an [Errors] naming every problem, or an I/O error.
+// Load reads, decodes and validates the file at path and, with
+// `auth.store: file`, the key file. The error, when not nil, is an
+// [Errors] naming every problem of both files in one list (the config's
+// in file order, then the key file's), or an I/O error reading the config.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	cfg, err := Parse(data, os.LookupEnv)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Auth.Store == "file" {
+	cfg, errs := parse(data, os.LookupEnv)
+	// The key file is checked even when the config has errors, so that
+	// one run names them all; it needs a store and a file name that
+	// survived the config's own checks.
+	if cfg != nil && cfg.Auth.Store == "file" && cfg.Auth.File != "" {
 		cfg.KeyFilePath = KeyFilePath(path, cfg.Auth.File)
-		if cfg.KeyFile, err = LoadKeyFile(cfg.KeyFilePath, cfg.RateLimit.Plans); err != nil {
-			return nil, err
-		}
+		// An unknown plan is only worth reporting when the plans
+		// themselves were read without error.
+		checkPlans := !errs.touch("rate_limit.plans")
+		kf, kerr := loadKeyFile(cfg.KeyFilePath, cfg.RateLimit.Plans, checkPlans)
+		errs = append(errs, kerr...)
+		cfg.KeyFile = kf
+	}
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return cfg, nil
 }
 
-// Parse decodes and validates data, reading `${VAR}` through lookup.
+// Parse decodes and validates data, reading `${VAR}` through lookup. The
+// error, when not nil, is an [Errors] with every problem of the file, in
+// file order: unknown keys, values of the wrong type, bad durations and
+// `${VAR}`s, and every rule of [Config.Validate] on the rest.
 func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	cfg, errs := parse(data, lookup)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return cfg, nil
+}
+
+// parse is Parse that also returns the config it could decode when there
+// are errors (nil if the file is not a YAML mapping): each value reported
+// holds its default there.
+func parse(data []byte, lookup func(string) (string, bool)) (*Config, Errors) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, Errors{{Msg: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
 	cfg := Default()
 	if doc.Kind == 0 { // empty file
-		return cfg, cfg.Validate()
+		return cfg, validationErrors(cfg.Validate())
 	}
-	var errs Errors
-	check(&doc, typeOfConfig, "", lookup, &errs)
-	if len(errs) > 0 {
-		return nil, errs
+	c := newChecker(lookup)
+	if c.check(&doc, typeOfConfig, "", pos{1, 1}) {
+		return nil, c.errs // not a mapping: nothing else to say
 	}
+	var decodeErrs Errors
 	if err := doc.Decode(cfg); err != nil {
+		// check takes out every value that yaml would refuse; this is
+		// for what it does not foresee (an explicit tag, say).
 		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			for _, m := range te.Errors {
-				errs.add("", "%s", m)
-			}
-			return nil, errs
+		if !errors.As(err, &te) {
+			return nil, append(c.errs, FieldError{Msg: err.Error()})
 		}
-		return nil, Errors{{Msg: err.Error()}}
+		for _, m := range te.Errors {
+			decodeErrs.add("", "%s", m)
+		}
 	}
-	return cfg, cfg.Validate()
+	return cfg, append(c.merge(validationErrors(cfg.Validate())), decodeErrs...)
+}
+
+// validationErrors is err, from [Config.Validate], as Errors.
+func validationErrors(err error) Errors {
+	var errs Errors
+	if err != nil && !errors.As(err, &errs) {
+		errs = Errors{{Msg: err.Error()}}
+	}
+	return errs
+}
+
+// touch reports whether an error is about path, something inside it, or
+// a field that holds it.
+func (es Errors) touch(path string) bool {
+	for _, e := range es {
+		if within(path, e.Path) || within(e.Path, path) {
+			return true
+		}
+	}
+	return false
 }

@@ -755,3 +755,31 @@ func TestFieldError(t *testing.T) {
 		t.Errorf("Errors.Error() = %q, want %q", got, want)
 	}
 }
+
+// TestClosest guards the "did you mean" of unknown keys (issue 20 item 3):
+// a suggestion only when a known name is a plausible typo.
+func TestClosest(t *testing.T) {
+	names := tagNames(reflect.TypeFor[Server]())
+	for _, tc := range []struct{ key, want string }{
+		{"lissten", "listen"},
+		{"listne", "listen"}, // transposition
+		{"Listen", "listen"},
+		{"idel_timeout", "idle_timeout"},
+		{"max_body_byte", "max_body_bytes"},
+		{"trusted_proxie", "trusted_proxies"},
+		{"listne_timeout", ""}, // nothing near: no guess
+		{"port", ""},
+		{"", ""},
+		{strings.Repeat("x", 200), ""},
+	} {
+		if got := closest(tc.key, names); got != tc.want {
+			t.Errorf("closest(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+	if got := closest("ur", []string{"url"}); got != "url" {
+		t.Errorf("closest(ur) = %q", got)
+	}
+	if got := closest("tls", []string{"log"}); got != "" {
+		t.Errorf("closest(tls, log) = %q, want none", got)
+	}
+}

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,30 +20,70 @@ var (
 	typeOfKeyFile        = reflect.TypeFor[KeyFile]()
 )
 
-// check walks the YAML tree next to the Go type it will be decoded into. On
-// the way it expands `${VAR}` in scalars and records, with the field's
-// path, every unknown key, every value of the wrong kind and every bad
-// duration, so that the user sees all of them at once and by name rather
-// than yaml's first error by line number.
-func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (string, bool), errs *Errors) {
+// pos is where a field is written in a file: the line and column of its
+// key (or of a list element).
+type pos struct{ line, col int }
+
+// nowhere is the position of a field the file does not write (a missing
+// required value): such errors come after those that have a place.
+var nowhere = pos{line: math.MaxInt}
+
+func (p pos) before(q pos) bool {
+	return p.line < q.line || p.line == q.line && p.col < q.col
+}
+
+// checker walks a YAML tree next to the Go type it will be decoded into
+// (see [checker.check]) and gathers what it finds.
+type checker struct {
+	lookup func(string) (string, bool)
+	errs   Errors
+	// errAt is where each error of errs is written.
+	errAt []pos
+	// at is where each field path is written, for placing the errors
+	// found later by validation.
+	at map[string]pos
+}
+
+func newChecker(lookup func(string) (string, bool)) *checker {
+	return &checker{lookup: lookup, at: map[string]pos{}}
+}
+
+func (c *checker) add(at pos, path, format string, args ...any) {
+	c.errs.add(path, format, args...)
+	c.errAt = append(c.errAt, at)
+}
+
+// check walks n next to t. On the way it expands `${VAR}` in scalars and
+// records, with the field's path, every unknown key, every value of the
+// wrong kind and every bad duration, so that the user sees all of them at
+// once and by name rather than yaml's first error by line number.
+//
+// Every value it reports is then taken out of the tree, so that decoding
+// the rest cannot fail on it and the field keeps its default: a bad entry
+// of a mapping is removed, a bad element of a list is replaced by an empty
+// one (see [placeholder]). check itself reports whether n as a whole is
+// bad, for its parent to take out. Validation then runs on what is left,
+// and [checker.merge] puts both lists together.
+func (c *checker) check(n *yaml.Node, t reflect.Type, path string, at pos) (bad bool) {
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) > 0 {
-			check(n.Content[0], t, path, lookup, errs)
+			return c.check(n.Content[0], t, path, at)
 		}
-		return
+		return false
 	case yaml.AliasNode:
-		check(n.Alias, t, path, lookup, errs)
-		return
+		// The alias goes if its target does not fit here; the target
+		// itself may fit where it is written.
+		return c.check(n.Alias, t, path, at)
 	}
 	if n.Kind == yaml.ScalarNode {
-		if !expand(n, path, lookup, errs) {
-			return // reported; checking the unexpanded text would mislead
+		if !c.expand(n, path, at) {
+			return true // reported; checking the unexpanded text would mislead
 		}
 		if n.ShortTag() == "!!null" {
 			// An empty value keeps a scalar's default and empties a
 			// list or mapping, as yaml decodes it.
-			return
+			return false
 		}
 	}
 	for t.Kind() == reflect.Pointer {
@@ -50,85 +92,262 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 	switch t {
 	case typeOfDuration, typeOfWindow:
 		if n.Kind != yaml.ScalarNode {
-			errs.add(path, "want a duration such as 10s")
-			return
+			c.add(at, path, "want a duration such as 10s")
+			return true
 		}
 		d, err := time.ParseDuration(n.Value)
 		if err != nil {
-			errs.add(path, "invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
+			c.add(at, path, "invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
+			return true
 		} else if d < 0 {
-			errs.add(path, "must not be negative")
+			c.add(at, path, "must not be negative")
+			return true
 		}
-		return
+		return false
 	case typeOfRouteRateLimit:
 		if n.Kind == yaml.ScalarNode {
 			if n.ShortTag() != "!!bool" {
-				errs.add(path, "want false, true or a block with bucket and tiers, got %q", n.Value)
+				c.add(at, path, "want false, true or a block with bucket and tiers, got %q", n.Value)
+				return true
 			}
-			return
+			return false
 		}
 		t = typeOfRouteBlock
 	}
 	switch t.Kind() {
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			errs.add(path, "want a mapping of keys, got %s", kindName(n))
-			return
+			c.add(at, path, "want a mapping of keys, got %s", kindName(n))
+			return true
 		}
-		seen := make(map[string]bool, len(n.Content)/2)
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			key := n.Content[i].Value
-			if seen[key] {
-				errs.add(join(path, key), "key given twice")
-				continue
-			}
-			seen[key] = true
+		c.mapping(n, path, func(key string, kat pos) (reflect.Type, bool) {
 			f, ok := fieldByTag(t, key)
 			if !ok {
-				errs.add(join(path, key), "unknown key (valid keys: %s)", strings.Join(tagNames(t), ", "))
-				continue
+				names := tagNames(t)
+				if s := closest(key, names); s != "" {
+					c.add(kat, join(path, key), "unknown key; did you mean %q? (valid keys: %s)", s, strings.Join(names, ", "))
+				} else {
+					c.add(kat, join(path, key), "unknown key (valid keys: %s)", strings.Join(names, ", "))
+				}
+				return nil, false
 			}
-			check(n.Content[i+1], f.Type, join(path, key), lookup, errs)
-		}
+			return f.Type, true
+		})
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			errs.add(path, "want a list, got %s", kindName(n))
-			return
+			c.add(at, path, "want a list, got %s", kindName(n))
+			return true
 		}
-		for i, c := range n.Content {
-			check(c, t.Elem(), path+"["+strconv.Itoa(i)+"]", lookup, errs)
+		for i, e := range n.Content {
+			p := path + "[" + strconv.Itoa(i) + "]"
+			eat := pos{e.Line, e.Column}
+			c.at[p] = eat
+			if c.check(e, t.Elem(), p, eat) || isNull(e) {
+				// yaml drops a null element, which would shift
+				// the index of every later one away from what
+				// the file and the error paths say: the element
+				// becomes an empty one instead.
+				n.Content[i] = placeholder(t.Elem(), e)
+			}
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			errs.add(path, "want a mapping, got %s", kindName(n))
-			return
+			c.add(at, path, "want a mapping, got %s", kindName(n))
+			return true
 		}
-		seen := make(map[string]bool, len(n.Content)/2)
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			key := n.Content[i].Value
-			if seen[key] {
-				errs.add(join(path, key), "key given twice")
-				continue
-			}
-			seen[key] = true
-			check(n.Content[i+1], t.Elem(), join(path, key), lookup, errs)
-		}
+		c.mapping(n, path, func(string, pos) (reflect.Type, bool) { return t.Elem(), true })
 	case reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
-			errs.add(path, "want true or false, got %s", kindName(n))
+			c.add(at, path, "want true or false, got %s", kindName(n))
+			return true
 		}
 	case reflect.Int, reflect.Int64:
 		var v int64
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
-			errs.add(path, "want an integer, got %s", kindName(n))
+			c.add(at, path, "want an integer, got %s", kindName(n))
+			return true
 		} else if err := n.Decode(&v); err != nil {
-			errs.add(path, "integer %s out of range", n.Value)
+			c.add(at, path, "integer %s out of range", n.Value)
+			return true
 		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
-			errs.add(path, "want a string, got %s", kindName(n))
+			c.add(at, path, "want a string, got %s", kindName(n))
+			return true
 		}
 	}
+	return false
+}
+
+// isNull reports whether n is (an alias of) a null scalar.
+func isNull(n *yaml.Node) bool {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// placeholder returns a node that decodes into the zero value of t, to
+// stand where a list element was taken out.
+func placeholder(t reflect.Type, at *yaml.Node) *yaml.Node {
+	n := &yaml.Node{Kind: yaml.ScalarNode, Line: at.Line, Column: at.Column}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == typeOfDuration || t == typeOfWindow:
+		n.Tag, n.Value = "!!str", "0s"
+	case t.Kind() == reflect.Struct || t.Kind() == reflect.Map:
+		n.Kind, n.Tag = yaml.MappingNode, "!!map"
+	case t.Kind() == reflect.Slice:
+		n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
+	case t.Kind() == reflect.Bool:
+		n.Tag, n.Value = "!!bool", "false"
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
+		n.Tag, n.Value = "!!int", "0"
+	default:
+		n.Tag, n.Value = "!!str", ""
+	}
+	return n
+}
+
+// mapping checks the entries of the mapping n, each value against the
+// type that field returns for its key (false: the key is reported and
+// the entry goes). A key given twice is reported and its second entry
+// goes; so does any entry whose value is bad.
+func (c *checker) mapping(n *yaml.Node, path string, field func(key string, at pos) (reflect.Type, bool)) {
+	seen := make(map[string]bool, len(n.Content)/2)
+	kept := n.Content[:0]
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p, kat := join(path, k.Value), pos{k.Line, k.Column}
+		if seen[k.Value] {
+			c.add(kat, p, "key given twice")
+			continue
+		}
+		seen[k.Value] = true
+		c.at[p] = kat
+		t, ok := field(k.Value, kat)
+		if !ok || c.check(v, t, p, kat) {
+			continue
+		}
+		kept = append(kept, k, v)
+	}
+	n.Content = kept
+}
+
+// merge returns the checker's errors and then those of validation (verrs),
+// in the order they are written in the file (errors about fields the file
+// does not write come last, in the order found). A validation error about
+// a field that check already reported, or about something inside it, is
+// left out: the field was taken out and holds its default, and the user
+// has been told what is wrong with what they wrote.
+func (c *checker) merge(verrs Errors) Errors {
+	type located struct {
+		e  FieldError
+		at pos
+	}
+	all := make([]located, 0, len(c.errs)+len(verrs))
+	for i, e := range c.errs {
+		all = append(all, located{e, c.errAt[i]})
+	}
+	for _, e := range verrs {
+		if !c.reported(e.Path) {
+			all = append(all, located{e, c.where(e.Path)})
+		}
+	}
+	slices.SortStableFunc(all, func(a, b located) int {
+		switch {
+		case a.at.before(b.at):
+			return -1
+		case b.at.before(a.at):
+			return 1
+		}
+		return 0
+	})
+	out := make(Errors, len(all))
+	for i, l := range all {
+		out[i] = l.e
+	}
+	return out
+}
+
+// reported reports whether check reported path or a field that holds it.
+func (c *checker) reported(path string) bool {
+	for _, e := range c.errs {
+		if within(path, e.Path) {
+			return true
+		}
+	}
+	return false
+}
+
+// within reports whether path is field or inside it.
+func within(path, field string) bool {
+	if field == "" || path == field {
+		return true
+	}
+	return strings.HasPrefix(path, field) && (path[len(field)] == '.' || path[len(field)] == '[')
+}
+
+// where returns where path, or the nearest field that holds it, is
+// written.
+func (c *checker) where(path string) pos {
+	for path != "" {
+		if p, ok := c.at[path]; ok {
+			return p
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return nowhere
+}
+
+// closest returns the name among names nearest to key, when one is near
+// enough to be a typo (at most 2 edits, and at most a third of the name):
+// the "did you mean" of an unknown key. Case differences count as edits.
+func closest(key string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		d := editDistance(key, n)
+		if d < bestD && 3*d <= len(n) {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance between a and b:
+// insertions, deletions, substitutions and transpositions of adjacent
+// bytes each cost 1 ("listne" is 1 from "listen").
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 64 // no key is that long; not a typo of one
+	}
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }
 
 // expand replaces `${NAME}` and `${NAME:-default}` in a scalar with the
@@ -137,7 +356,7 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 // that `limit: ${LIMIT}` is an integer; a quoted one stays a string. A `$`
 // not followed by `{` is kept, so passwords with `$` need no escaping. It
 // reports whether expansion succeeded.
-func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs *Errors) bool {
+func (c *checker) expand(n *yaml.Node, path string, at pos) bool {
 	if !strings.Contains(n.Value, "${") {
 		return true
 	}
@@ -152,23 +371,23 @@ func expand(n *yaml.Node, path string, lookup func(string) (string, bool), errs 
 		b.WriteString(s[:i])
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
-			errs.add(path, "unterminated ${ in %q", n.Value)
+			c.add(at, path, "unterminated ${ in %q", n.Value)
 			return false
 		}
 		expr := s[i+2 : i+end]
 		name, def, hasDef := strings.Cut(expr, ":-")
 		if !validEnvName(name) {
-			errs.add(path, "invalid environment variable name %q", name)
+			c.add(at, path, "invalid environment variable name %q", name)
 			return false
 		}
-		v, ok := lookup(name)
+		v, ok := c.lookup(name)
 		switch {
 		case ok && (v != "" || !hasDef):
 			b.WriteString(v)
 		case hasDef:
 			b.WriteString(def)
 		default:
-			errs.add(path, "environment variable %s is not set (use ${%s:-default} for a default)", name, name)
+			c.add(at, path, "environment variable %s is not set (use ${%s:-default} for a default)", name, name)
 			return false
 		}
 		s = s[i+end+1:]

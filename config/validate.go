@@ -31,7 +31,15 @@ func (c *Config) Validate() error {
 	for _, k := range sortedKeys(c.Messages) {
 		p := "messages." + k
 		if !apierror.Known(apierror.Code(k)) {
-			errs.add(p, "unknown error code")
+			var codes []string
+			for _, c := range apierror.Codes() {
+				codes = append(codes, string(c))
+			}
+			if s := closest(k, codes); s != "" {
+				errs.add(p, "unknown error code; did you mean %q?", s)
+			} else {
+				errs.add(p, "unknown error code")
+			}
 		} else if strings.TrimSpace(c.Messages[k]) == "" {
 			errs.add(p, "message must not be empty")
 		}
@@ -238,6 +246,9 @@ func (c *Config) validateRateLimit(errs *Errors) {
 		p := "rate_limit.plans." + name
 		if name == "" {
 			errs.add(p, "plan name must not be empty")
+		} else if !ValidIdent(name) {
+			// The key stores' plans must be the same identifiers.
+			errs.add(p, "plan name %s", identProblem(name))
 		}
 		checkTiers(errs, p, rl.Algorithm, rl.Plans[name].Tiers, true)
 	}

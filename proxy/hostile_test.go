@@ -219,6 +219,12 @@ routes: [{pattern: "/api/v1/", auth: secret}]
 		name, header, status, code string
 	}{
 		{"many keys", strings.Repeat("X-API-Key: "+skLive+"\r\n", 50), "401", "AUTH_API_KEY_INVALID"},
+		// Issue 13 item 11: two headers are ambiguous whatever they
+		// hold; only a single empty one is a missing key.
+		{"two keys, the first empty", "X-API-Key: \r\nX-API-Key: " + skLive + "\r\n", "401", "AUTH_API_KEY_INVALID"},
+		{"two keys, the second empty", "X-API-Key: " + skLive + "\r\nX-API-Key:\r\n", "401", "AUTH_API_KEY_INVALID"},
+		{"two empty keys", "X-API-Key:\r\nX-API-Key: \r\n", "401", "AUTH_API_KEY_INVALID"},
+		{"one empty key", "X-API-Key: \r\n", "401", "AUTH_API_KEY_MISSING"},
 		{"NUL in the key", "X-API-Key: sk_live_AbCdEfGh\x00IjKlMnOpQrStUvWx\r\n", "400", "BAD_REQUEST"},
 		{"look-alike letters", "X-API-Key: \u0455k_live_AbCdEfGhIjKlMnOpQrStUvWx\r\n", "401", "AUTH_API_KEY_INVALID"},
 		{"fullwidth underscore", "X-API-Key: sk\uff3flive\uff3fAbCdEfGhIjKlMnOpQrStUvWx\r\n", "401", "AUTH_API_KEY_INVALID"},

@@ -115,3 +115,84 @@ routes: [{pattern: "/api/v1/", auth: secret, rate_limit: false}]
 		t.Errorf("the upstream received %d requests, want 1", h.hitCount())
 	}
 }
+
+// badRecordThroughGateway is issue 13 item 9 as a client meets it: the
+// key store record of skLive holds an app id with CR/LF (a header
+// injection had it reached X-App-Id). Every request with that key gets
+// 503 SERVICE_UNAVAILABLE in the standard shape — not 502, not forwarded,
+// no budget spent — and the access log names the key by its prefix and
+// the record by its hash prefix, never the full key or the bad value.
+// Once the operator fixes the record the key gets its whole budget
+// (limit 3 a minute), which the bad requests did not touch. lim is the
+// rate limiter (nil: the harness's in-process one); beforeFix, if not nil,
+// runs between the refused requests and the fix.
+func badRecordThroughGateway(t *testing.T, c redis.UniversalClient, lim Limiter, beforeFix func()) {
+	t.Helper()
+	ctx := context.Background()
+	rec := "deskgate:apikey:" + sha(skLive)
+	if err := c.HSet(ctx, rec, "app", "app_x\r\nX-Evil: 1", "status", "active").Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default().Auth
+	cfg.Store = "redis"
+	cfg.NegativeCacheTTL = config.Duration(30 * time.Millisecond)
+	store := auth.NewRedisStore(auth.RedisStoreOptions{Client: c, Config: cfg, Timeout: 500 * time.Millisecond})
+	h := newHarness(t, harnessOpt{keyStore: store, limiter: lim, yaml: `
+upstream: {url: "${UPSTREAM}"}
+redis: {url: "redis://127.0.0.1:1"}
+auth: {store: redis}
+rate_limit: {tiers: [{limit: 3, window: 1m}]}
+routes: [{pattern: "/api/v1/", auth: secret}]
+`})
+	for range 5 {
+		r := h.do("GET", "/api/v1/tickets", "", "X-API-Key", skLive)
+		h.wantError(r, 503, "SERVICE_UNAVAILABLE")
+		if r.Header.Get("RateLimit") != "" {
+			t.Errorf("RateLimit %q on a request refused before the limit", r.Header.Get("RateLimit"))
+		}
+	}
+	if n := h.hitCount(); n != 0 {
+		t.Fatalf("the upstream received %d requests with a bad record", n)
+	}
+	logs := h.logs.String()
+	for _, want := range []string{
+		`"code":"SERVICE_UNAVAILABLE"`,
+		`"key_prefix":"sk_live_AbCd"`,
+		`key store: record deskgate:apikey:` + sha(skLive)[:8] + `…: field \"app\"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+	for _, leak := range []string{skLive, sha(skLive), "X-Evil"} {
+		if strings.Contains(logs, leak) {
+			t.Errorf("log shows %q:\n%s", leak, logs)
+		}
+	}
+
+	if beforeFix != nil {
+		beforeFix()
+	}
+	// Fixed: the whole budget is there.
+	if err := c.HSet(ctx, rec, "app", "app_x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // past negative_cache_ttl
+	for i := range 3 {
+		if r := h.do("GET", "/api/v1/tickets", "", "X-API-Key", skLive); r.StatusCode != 200 {
+			t.Fatalf("request %d after the fix: %d %s (budget spent by refused requests?)", i, r.StatusCode, r.body)
+		}
+	}
+	if v := h.lastHit().Header.Values("X-App-Id"); len(v) != 1 || v[0] != "app_x" {
+		t.Errorf("X-App-Id %q", v)
+	}
+	h.wantError(h.do("GET", "/api/v1/tickets", "", "X-API-Key", skLive), 429, "TOO_MANY_REQUESTS")
+}
+
+// TestRedisKeyStoreBadRecord runs badRecordThroughGateway on miniredis.
+func TestRedisKeyStoreBadRecord(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
+	defer c.Close()
+	badRecordThroughGateway(t, c, nil, nil)
+}

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,4 +120,35 @@ func TestRedisDownHTTP(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestRedisKeyStoreBadRecordRealRedis runs badRecordThroughGateway on a
+// real redis-server that holds both the key store and the rate limits,
+// and checks in Redis itself that the refused requests left no rate-limit
+// state: nothing was counted before the record was fixed.
+func TestRedisKeyStoreBadRecordRealRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	rlKeys := func() []string {
+		keys, err := c.Keys(ctx, "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, k := range keys {
+			if !strings.HasPrefix(k, "deskgate:apikey:") {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	badRecordThroughGateway(t, c, redisLimiter(t, srv, ratelimit.FailClosed), func() {
+		if keys := rlKeys(); len(keys) != 0 {
+			t.Errorf("rate-limit state in Redis after refused requests only: %q", keys)
+		}
+	})
+	if len(rlKeys()) == 0 {
+		t.Error("no rate-limit state after the fix: the limiter did not use this Redis")
+	}
 }
