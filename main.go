@@ -215,18 +215,15 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	var access io.Writer
-	if cfg.Log.Format == "json" {
-		access = a.out
-	}
 	return proxy.New(proxy.Options{
-		AccessLog: access,
-		LogLevel:  a.level,
-		Config:    cfg,
-		Auth:      authn,
-		Limiter:   a.limiter,
-		Metrics:   a.metrics,
-		Logger:    a.log,
+		AccessLog:     a.out,
+		AccessLogText: cfg.Log.Format == "text",
+		LogLevel:      a.level,
+		Config:        cfg,
+		Auth:          authn,
+		Limiter:       a.limiter,
+		Metrics:       a.metrics,
+		Logger:        a.log,
 	})
 }
 

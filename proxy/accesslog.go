@@ -6,17 +6,22 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
-// accessWriter writes the access log as JSON lines of the shape slog's
-// JSON handler gives (`time`, `level`, `msg`, then the fields of SPEC §6),
-// appended by hand into a pooled buffer: slog formats every float through
-// encoding/json (reflection) and captures the caller's PC for each record,
-// which made the log line cost as much as the rest of the chain.
+// accessWriter writes the access log, one line per request with the
+// fields of SPEC §6, in the shape slog's handlers give (`time`, `level`,
+// `msg`, then the fields): a JSON object, or with text set, key=value
+// pairs as slog's TextHandler writes them. Each line is appended by hand
+// into a pooled buffer: slog formats every float through encoding/json
+// (reflection) and captures the caller's PC for each record, which made
+// the log line cost as much as the rest of the chain. It is the only
+// access-log writer, whatever log.format says.
 type accessWriter struct {
 	w     io.Writer
 	level slog.Leveler
+	text  bool
 }
 
 var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
@@ -25,54 +30,123 @@ func (a *accessWriter) enabled(l slog.Level) bool { return l >= a.level.Level() 
 
 func (a *accessWriter) write(st *state, method, path string, status int, level slog.Level, elapsed time.Duration) {
 	bp := linePool.Get().(*[]byte)
-	b := (*bp)[:0]
-	b = append(b, `{"time":"`...)
-	b = time.Now().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","level":"`...)
-	b = append(b, level.String()...)
-	b = append(b, `","msg":"request","request_id":`...)
-	b = appendJSONString(b, st.requestID)
-	b = append(b, `,"method":`...)
-	b = appendJSONString(b, method)
-	b = append(b, `,"route":`...)
-	b = appendJSONString(b, st.route.Name())
-	b = append(b, `,"path":`...)
-	b = appendJSONString(b, path)
-	b = append(b, `,"status":`...)
-	b = strconv.AppendInt(b, int64(status), 10)
+	e := lineEncoder{b: (*bp)[:0], text: a.text}
+	e.begin(level)
+	e.str("request_id", st.requestID)
+	e.str("method", method)
+	e.str("route", st.route.Name())
+	e.str("path", path)
+	e.int("status", int64(status))
 	if st.code != "" {
-		b = append(b, `,"code":`...)
-		b = appendJSONString(b, string(st.code))
+		e.str("code", string(st.code))
 	}
-	b = append(b, `,"duration_ms":`...)
-	b = appendMillis(b, elapsed)
+	e.millis("duration_ms", elapsed)
 	if st.upstream > 0 {
-		b = append(b, `,"upstream_ms":`...)
-		b = appendMillis(b, st.upstream)
+		e.millis("upstream_ms", st.upstream)
 	}
 	if st.appID != "" {
-		b = append(b, `,"app_id":`...)
-		b = appendJSONString(b, st.appID)
+		e.str("app_id", st.appID)
 	}
 	if st.keyPrefix != "" {
-		b = append(b, `,"key_prefix":`...)
-		b = appendJSONString(b, st.keyPrefix)
+		e.str("key_prefix", st.keyPrefix)
 	}
 	if st.clientIP.IsValid() {
-		b = append(b, `,"client_ip":"`...)
-		b = st.clientIP.AppendTo(b)
-		b = append(b, '"')
+		e.key("client_ip")
+		e.b = st.clientIP.AppendTo(append(e.b, e.quote()...))
+		e.b = append(e.b, e.quote()...)
 	}
-	b = append(b, `,"bytes_out":`...)
-	b = strconv.AppendInt(b, st.w.written, 10)
+	e.int("bytes_out", st.w.written)
 	if st.cause != nil {
-		b = append(b, `,"error":`...)
-		b = appendJSONString(b, st.cause.Error())
+		e.str("error", st.cause.Error())
 	}
-	b = append(b, "}\n"...)
-	_, _ = a.w.Write(b)
-	*bp = b
+	e.end()
+	_, _ = a.w.Write(e.b)
+	*bp = e.b
 	linePool.Put(bp)
+}
+
+// lineEncoder appends one access-log line, JSON or text.
+type lineEncoder struct {
+	b    []byte
+	text bool
+}
+
+func (e *lineEncoder) begin(level slog.Level) {
+	if e.text {
+		e.b = append(e.b, "time="...)
+		e.b = time.Now().AppendFormat(e.b, "2006-01-02T15:04:05.000Z07:00")
+		e.b = append(e.b, " level="...)
+		e.b = append(e.b, level.String()...)
+		e.b = append(e.b, " msg=request"...)
+		return
+	}
+	e.b = append(e.b, `{"time":"`...)
+	e.b = time.Now().AppendFormat(e.b, time.RFC3339Nano)
+	e.b = append(e.b, `","level":"`...)
+	e.b = append(e.b, level.String()...)
+	e.b = append(e.b, `","msg":"request"`...)
+}
+
+func (e *lineEncoder) end() {
+	if !e.text {
+		e.b = append(e.b, '}')
+	}
+	e.b = append(e.b, '\n')
+}
+
+func (e *lineEncoder) key(k string) {
+	if e.text {
+		e.b = append(e.b, ' ')
+		e.b = append(e.b, k...)
+		e.b = append(e.b, '=')
+		return
+	}
+	e.b = append(e.b, ',', '"')
+	e.b = append(e.b, k...)
+	e.b = append(e.b, '"', ':')
+}
+
+// quote is what encloses a value known to need no escaping: JSON's
+// quotes, nothing in text.
+func (e *lineEncoder) quote() string {
+	if e.text {
+		return ""
+	}
+	return `"`
+}
+
+func (e *lineEncoder) str(k, v string) {
+	e.key(k)
+	if e.text {
+		e.b = appendTextValue(e.b, v)
+		return
+	}
+	e.b = appendJSONString(e.b, v)
+}
+
+func (e *lineEncoder) int(k string, v int64) {
+	e.key(k)
+	e.b = strconv.AppendInt(e.b, v, 10)
+}
+
+func (e *lineEncoder) millis(k string, d time.Duration) {
+	e.key(k)
+	e.b = appendMillis(e.b, d)
+}
+
+// appendTextValue appends s as slog's TextHandler does: as is when it is
+// a non-empty run of printable characters without space, '=' or '"';
+// otherwise quoted with Go escapes.
+func appendTextValue(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, `""`...)
+	}
+	for _, r := range s {
+		if r == ' ' || r == '=' || r == '"' || r == utf8.RuneError || !unicode.IsPrint(r) {
+			return strconv.AppendQuote(b, s)
+		}
+	}
+	return append(b, s...)
 }
 
 // appendMillis appends d in milliseconds with microsecond precision, as a

@@ -3,9 +3,11 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +189,30 @@ func TestAppendMillis(t *testing.T) {
 		if got := string(appendMillis(nil, d)); got != want {
 			t.Errorf("%s: %q, want %q", d, got, want)
 		}
+	}
+}
+
+// TestAccessLogText: with log.format text, the access log is written by
+// the same writer as JSON, as key=value pairs that slog's TextHandler
+// would write: values with spaces, quotes or control bytes quoted.
+func TestAccessLogText(t *testing.T) {
+	var buf bytes.Buffer
+	a := &accessWriter{w: &buf, level: slog.LevelInfo, text: true}
+	st := &state{requestID: "req-1", route: metrics.New(prometheus.NewRegistry(), "t").ForRoute("/api/v1/", nil),
+		code: "NOT_FOUND", keyPrefix: "sk_live_AbCd", clientIP: netip.MustParseAddr("192.0.2.7")}
+	st.w.written = 42
+	st.cause = errors.New(`dial "x": refused`)
+	a.write(st, "GET", "/api/v1/a b\n", 404, slog.LevelInfo, 1500*time.Microsecond)
+	line := buf.String()
+	for _, want := range []string{
+		" level=INFO msg=request request_id=req-1 method=GET route=/api/v1/ ",
+		` path="/api/v1/a b\n" status=404 code=NOT_FOUND duration_ms=1.5 key_prefix=sk_live_AbCd client_ip=192.0.2.7 bytes_out=42 error="dial \"x\": refused"` + "\n",
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("line %q lacks %q", line, want)
+		}
+	}
+	if !strings.HasPrefix(line, "time=") || strings.Count(line, "\n") != 1 {
+		t.Errorf("line %q", line)
 	}
 }
