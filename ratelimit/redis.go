@@ -164,8 +164,40 @@ func (r *Redis) Load(ctx context.Context) error {
 	return slidingLogScript.Load(ctx, r.client).Err()
 }
 
-// Ping reports whether Redis answers.
-func (r *Redis) Ping(ctx context.Context) error { return r.client.Ping(ctx).Err() }
+// healthID names the budget of the health check's key: no policy has it
+// (theirs are "global", "plan:<name>" and "bucket:<name>").
+const healthID = "health"
+
+// healthPolicy is the health check's own budget: far more than one check a
+// second ever uses, so that every check is admitted and writes; its key
+// expires 5 s after the last check.
+var healthPolicy = func() *Policy {
+	p, err := NewPolicy(healthID, SlidingLog, []Tier{{Limit: 1000, Window: 5 * time.Second, Name: "5s"}})
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// Probe runs what a decision runs — the rate-limit script, GET and SET with
+// an expiry — on the health key of k, deskgate:rl:{<k>}:health: in the
+// Cluster slot of k's budgets, but on none of them. A Redis that answers
+// PING but refuses writes (out of memory under noeviction, a read-only
+// replica) fails it as it fails the requests. ctx's deadline bounds it.
+func (r *Redis) Probe(ctx context.Context, k Key) error {
+	deadline, _ := ctx.Deadline()
+	it := &pending{ctx: ctx, deadline: deadline, p: healthPolicy}
+	it.key = appendRedisKey(nil, r.prefix, healthID, k)
+	r.run(&call{items: []*pending{it}})
+	return it.err
+}
+
+// answered reports whether err is an error reply of Redis itself (the
+// server is there and said no), not the absence of an answer.
+func answered(err error) bool {
+	var e redis.Error
+	return errors.As(err, &e)
+}
 
 // RedisKey returns the key of k's state under policy id: the identity's
 // hash in a Cluster hash tag, so that all of an identity's budgets live in
