@@ -30,9 +30,12 @@ type Metrics struct {
 	RateLimitDecisions   *prometheus.CounterVec
 	RateLimitStoreErrors prometheus.Counter
 	RateLimitFallback    prometheus.Gauge
-	ConfigReloads        *prometheus.CounterVec
-	ConfigLastReloadOK   prometheus.Gauge
-	BuildInfo            *prometheus.GaugeVec
+	// RateLimitEvicting is beyond SPEC §6's table: the README documents
+	// it.
+	RateLimitEvicting  prometheus.Gauge
+	ConfigReloads      *prometheus.CounterVec
+	ConfigLastReloadOK prometheus.Gauge
+	BuildInfo          *prometheus.GaugeVec
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -92,6 +95,10 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_ratelimit_fallback_active",
 			Help: "1 while rate limits are decided in process because the shared store is unreachable.",
 		}),
+		RateLimitEvicting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "deskgate_ratelimit_store_evicting",
+			Help: "1 while the rate-limit store's maxmemory-policy is allkeys-* (on any Cluster master): Redis may evict any key, budgets and key-store records included. SPEC §4 wants noeviction or volatile-*.",
+		}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "deskgate_config_reloads_total",
 			Help: "Configuration reloads, by result (success, failure).",
@@ -108,7 +115,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
-		m.RateLimitStoreErrors, m.RateLimitFallback, m.ConfigReloads,
+		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

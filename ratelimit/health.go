@@ -31,13 +31,17 @@ import (
 // and a configuration error (credentials refused, NOPERM) at ERROR each
 // time a check meets it, at most every configErrorEvery.
 //
-// Start checks the store the same way before the first request.
+// Start checks the store the same way before the first request, and reads
+// its maxmemory-policy (again after each recovery and every policyEvery).
 
 const (
 	remindEvery      = 5 * time.Minute
 	configErrorEvery = 30 * time.Second
+	policyEvery      = 5 * time.Minute
 	// startBudget bounds Start: start-up does not wait on a dead Redis.
 	startBudget = 2 * time.Second
+	// policyTimeout bounds one read of maxmemory-policy.
+	policyTimeout = 2 * time.Second
 )
 
 // healthKey is the identity whose health key Start checks: the hash of no
@@ -57,13 +61,23 @@ type health struct {
 	configEvery time.Duration
 }
 
+// policyState is what was last said of maxmemory-policy, under mu.
+type policyState struct {
+	mu     sync.Mutex
+	every  time.Duration
+	last   string // the policies last logged; "" before the first read
+	unread bool   // "could not read" was logged since
+}
+
 var onFailureNames = [...]string{"local", "allow", "deny"}
 
 // Start checks the shared store before the first request, within 2 s:
-// it loads the script (on every master of a Cluster) and runs one health
-// check. When the check fails, the limiter applies redis.on_failure from
-// the start (gauge, log, health loop) and Start returns the error. Call it
-// once, before serving; without Redis it does nothing.
+// it loads the script (on every master of a Cluster), runs one health
+// check, and reads maxmemory-policy. When the check fails, the limiter
+// applies redis.on_failure from the start (gauge, log, health loop) and
+// Start returns the error. It also starts the periodic read of
+// maxmemory-policy. Call it once, before serving; without Redis it does
+// nothing.
 func (l *Limiter) Start(ctx context.Context) error {
 	if l.redis == nil {
 		return nil
@@ -78,6 +92,13 @@ func (l *Limiter) Start(ctx context.Context) error {
 	}
 	if err != nil && l.healthy.CompareAndSwap(true, false) {
 		l.goDown(err, healthKey, "rate-limit store unavailable at start-up; applying redis.on_failure from the start")
+	}
+	l.checkPolicy(ctx)
+	l.health.mu.Lock()
+	defer l.health.mu.Unlock()
+	if !l.health.closed {
+		l.wg.Add(1)
+		go l.policyLoop()
 	}
 	return err
 }
@@ -108,7 +129,7 @@ func (l *Limiter) goDown(err error, k Key, msg string) {
 }
 
 // healthLoop checks the store, backing off, until a check succeeds; then
-// it switches back to Redis.
+// it switches back to Redis and reads maxmemory-policy again.
 func (l *Limiter) healthLoop() {
 	defer l.wg.Done()
 	wait := l.every
@@ -133,6 +154,9 @@ func (l *Limiter) healthLoop() {
 		}
 		if err == nil {
 			l.up()
+			ctx, cancel := context.WithTimeout(l.bg, policyTimeout)
+			l.checkPolicy(ctx)
+			cancel()
 			return
 		}
 		l.health.mu.Lock()
@@ -215,3 +239,75 @@ func isTimeout(err error) bool {
 // jitter returns d less up to a quarter of it, at random: no check comes
 // later than its nominal time.
 func jitter(d time.Duration) time.Duration { return d - rand.N(d/4+1) }
+
+// policyLoop reads maxmemory-policy every policy.every while Redis is up
+// (a recovery reads it too).
+func (l *Limiter) policyLoop() {
+	defer l.wg.Done()
+	t := time.NewTicker(l.policy.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.bg.Done():
+			return
+		case <-t.C:
+		}
+		if !l.healthy.Load() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(l.bg, policyTimeout)
+		l.checkPolicy(ctx)
+		cancel()
+	}
+}
+
+// checkPolicy reads maxmemory-policy (every master of a Cluster), sets
+// deskgate_ratelimit_store_evicting, and logs the policy when it differs
+// from the last one logged: a warning for allkeys-*, which may evict any
+// key (SPEC §4 wants noeviction or volatile-*).
+func (l *Limiter) checkPolicy(ctx context.Context) {
+	ps, err := l.redis.EvictionPolicies(ctx)
+	st := &l.policy
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if err != nil {
+		reason, _ := classify(err)
+		switch {
+		case !answered(err) || reason == "credentials":
+			// Redis is down or refuses us: that is logged as such, and
+			// the policy is read again when it is back.
+			l.log.Debug("could not read redis maxmemory-policy", "error", err.Error())
+		case !st.unread:
+			st.unread = true
+			l.log.Warn("could not read redis maxmemory-policy (CONFIG GET and INFO memory refused); check by hand that it is noeviction or volatile-* (SPEC §4)",
+				"error", err.Error())
+		}
+		if len(ps) == 0 {
+			return
+		}
+	} else {
+		st.unread = false
+	}
+	evicting := false
+	desc := make([]string, len(ps))
+	for i, p := range ps {
+		evicting = evicting || p.Evicts()
+		desc[i] = p.String()
+	}
+	if evicting {
+		l.evicting.Set(1)
+	} else {
+		l.evicting.Set(0)
+	}
+	summary := strings.Join(desc, " ")
+	if summary == st.last {
+		return
+	}
+	st.last = summary
+	if evicting {
+		l.log.Warn("redis maxmemory-policy may evict any key: rate-limit budgets (and key-store records) can vanish under memory pressure; set noeviction or volatile-* (SPEC §4)",
+			"maxmemory_policy", summary)
+		return
+	}
+	l.log.Info("rate-limit store eviction policy", "maxmemory_policy", summary)
+}

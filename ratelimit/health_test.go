@@ -337,8 +337,8 @@ func TestStartWithoutRedis(t *testing.T) {
 	if err := l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if testutil.ToFloat64(m.RateLimitFallback) != 0 || l.FallbackActive() {
-		t.Error("gauge set without Redis")
+	if testutil.ToFloat64(m.RateLimitFallback) != 0 || testutil.ToFloat64(m.RateLimitEvicting) != 0 || l.FallbackActive() {
+		t.Error("gauges set without Redis")
 	}
 	if s := logs.String(); s != "" {
 		t.Errorf("log without Redis: %s", s)
@@ -407,6 +407,110 @@ func TestRealRedisWrongPassword(t *testing.T) {
 			}
 			t.Logf("limiter log:\n%s", logs)
 		})
+	}
+}
+
+// TestRealRedisEvictionPolicy guards issue 13 item 10 (c): the start-up
+// check reads maxmemory-policy — with CONFIG GET, or INFO memory where
+// CONFIG is renamed away — and sets deskgate_ratelimit_store_evicting to 1
+// with a warning for allkeys-* only (SPEC §4 accepts noeviction and
+// volatile-*).
+func TestRealRedisEvictionPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want float64
+	}{
+		{"noeviction", nil, 0},
+		{"volatile-lru", []string{"--maxmemory-policy", "volatile-lru"}, 0},
+		{"allkeys-lru", []string{"--maxmemory-policy", "allkeys-lru"}, 1},
+		{"allkeys-lru without CONFIG", []string{"--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", ""}, 1},
+		{"noeviction without CONFIG", []string{"--rename-command", "CONFIG", ""}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t, tc.args...)
+			if strings.Contains(tc.name, "without CONFIG") && srv.Client(t).ConfigGet(context.Background(), "maxmemory-policy").Err() == nil {
+				t.Fatal("CONFIG still answers: the scenario needs it renamed away")
+			}
+			l, m, logs := loggedLimiter(t, NewRedis(srv.Client(t)), time.Second, time.Second)
+			if err := l.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutil.ToFloat64(m.RateLimitEvicting); got != tc.want {
+				t.Errorf("deskgate_ratelimit_store_evicting %v, want %v", got, tc.want)
+			}
+			policy := strings.Fields(tc.name)[0]
+			warn := logs.find(t, "may evict any key")
+			info := logs.find(t, "eviction policy")
+			switch {
+			case tc.want == 1 && (len(warn) != 1 || warn[0]["level"] != "WARN" || warn[0]["maxmemory_policy"] != policy):
+				t.Errorf("warnings %v, want one WARN naming %s", warn, policy)
+			case tc.want == 0 && (len(warn) != 0 || len(info) != 1 || info[0]["maxmemory_policy"] != policy):
+				t.Errorf("warnings %v, info %v; want no warning and one line naming %s", warn, info, policy)
+			}
+			if n := logs.count(t, "could not read"); n != 0 {
+				t.Errorf("%d 'could not read' lines", n)
+			}
+		})
+	}
+}
+
+// TestRealRedisEvictionPolicyChanges: a policy changed at run time is
+// seen by the periodic check, and logged once per change.
+func TestRealRedisEvictionPolicyChanges(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	l, m, logs := loggedLimiter(t, NewRedis(srv.Client(t)), time.Second, time.Second)
+	l.policy.every = 50 * time.Millisecond
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.RateLimitEvicting); got != 0 {
+		t.Fatalf("gauge %v with noeviction", got)
+	}
+	set := func(policy string) {
+		t.Helper()
+		if err := admin.ConfigSet(context.Background(), "maxmemory-policy", policy).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("allkeys-random")
+	waitGauge(t, m.RateLimitEvicting, 1, "allkeys-random set at run time")
+	set("volatile-ttl")
+	waitGauge(t, m.RateLimitEvicting, 0, "volatile-ttl set at run time")
+	time.Sleep(200 * time.Millisecond) // a few more checks: no more lines
+	if n := logs.count(t, "may evict any key"); n != 1 {
+		t.Errorf("%d warnings, want 1 (one change to allkeys-random)", n)
+	}
+	if n := logs.count(t, "eviction policy"); n != 2 {
+		t.Errorf("%d info lines, want 2 (noeviction at start, then volatile-ttl)", n)
+	}
+}
+
+// TestRealRedisClusterEvictionPolicy: in a Cluster every master is read;
+// one allkeys-* master is enough for the gauge, and the warning names it.
+func TestRealRedisClusterEvictionPolicy(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	bad := c.Addrs()[1]
+	node := redis.NewClient(&redis.Options{Addr: bad})
+	defer node.Close()
+	if err := node.ConfigSet(context.Background(), "maxmemory-policy", "allkeys-lfu").Err(); err != nil {
+		t.Fatal(err)
+	}
+	l, m, logs := loggedLimiter(t, NewRedis(clusterClient(t, c)), time.Second, time.Second)
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.RateLimitEvicting); got != 1 {
+		t.Errorf("gauge %v with one allkeys-lfu master", got)
+	}
+	warn := logs.find(t, "may evict any key")
+	if len(warn) != 1 {
+		t.Fatalf("warnings %v", warn)
+	}
+	policies, _ := warn[0]["maxmemory_policy"].(string)
+	if !strings.Contains(policies, bad+"=allkeys-lfu") || strings.Count(policies, "=noeviction") != 2 {
+		t.Errorf("maxmemory_policy %q, want the three masters with %s=allkeys-lfu", policies, bad)
 	}
 }
 

@@ -64,6 +64,7 @@ type Limiter struct {
 	every   time.Duration // first health-check interval
 	maxWait time.Duration // its cap
 	health  health
+	policy  policyState
 
 	bg     context.Context // ends at Close
 	cancel context.CancelFunc
@@ -72,6 +73,7 @@ type Limiter struct {
 	decisions   [4][2]prometheus.Counter // [store][allowed]
 	storeErrors prometheus.Counter
 	fallback    prometheus.Gauge
+	evicting    prometheus.Gauge
 }
 
 // The store label values of deskgate_ratelimit_decisions_total.
@@ -122,6 +124,7 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	l.bg, l.cancel = context.WithCancel(context.Background())
 	l.health.remindEvery = remindEvery
 	l.health.configEvery = configErrorEvery
+	l.policy.every = policyEvery
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -153,6 +156,8 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	l.storeErrors = m.RateLimitStoreErrors
 	l.fallback = m.RateLimitFallback
 	l.fallback.Set(0)
+	l.evicting = m.RateLimitEvicting
+	l.evicting.Set(0)
 	return l
 }
 

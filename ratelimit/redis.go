@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -190,6 +193,86 @@ func (r *Redis) Probe(ctx context.Context, k Key) error {
 	it.key = appendRedisKey(nil, r.prefix, healthID, k)
 	r.run(&call{items: []*pending{it}})
 	return it.err
+}
+
+// EvictionPolicy is the maxmemory-policy of one Redis server.
+type EvictionPolicy struct {
+	// Addr is the server, for a Cluster master; empty otherwise.
+	Addr   string
+	Policy string
+}
+
+// Evicts reports whether the policy may evict any key, including those
+// without an expiry: the allkeys-* policies. SPEC §4 accepts noeviction
+// and volatile-* (README "Stores" says why).
+func (p EvictionPolicy) Evicts() bool { return strings.HasPrefix(p.Policy, "allkeys-") }
+
+func (p EvictionPolicy) String() string {
+	if p.Addr == "" {
+		return p.Policy
+	}
+	return p.Addr + "=" + p.Policy
+}
+
+// EvictionPolicies reads maxmemory-policy from the server, or from every
+// master of a Cluster (sorted by address), with CONFIG GET or, where CONFIG
+// is disabled or renamed (managed services), the maxmemory_policy field of
+// INFO memory. It returns what it could read, and the first error.
+func (r *Redis) EvictionPolicies(ctx context.Context) ([]EvictionPolicy, error) {
+	cc, ok := r.client.(*redis.ClusterClient)
+	if !ok {
+		p, err := evictionPolicy(ctx, r.client)
+		if err != nil {
+			return nil, err
+		}
+		return []EvictionPolicy{{Policy: p}}, nil
+	}
+	var mu sync.Mutex
+	var out []EvictionPolicy
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		addr := c.Options().Addr
+		p, err := evictionPolicy(ctx, c)
+		if err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+		mu.Lock()
+		out = append(out, EvictionPolicy{Addr: addr, Policy: p})
+		mu.Unlock()
+		return nil
+	})
+	slices.SortFunc(out, func(a, b EvictionPolicy) int { return strings.Compare(a.Addr, b.Addr) })
+	return out, err
+}
+
+func evictionPolicy(ctx context.Context, c redis.Cmdable) (string, error) {
+	m, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	if p := m["maxmemory-policy"]; err == nil && p != "" {
+		return p, nil
+	}
+	if err != nil && !answered(err) {
+		return "", err // no answer: INFO would not get one either
+	}
+	info, ierr := c.Info(ctx, "memory").Result()
+	if ierr == nil {
+		if p := infoField(info, "maxmemory_policy"); p != "" {
+			return p, nil
+		}
+		ierr = errors.New("no maxmemory_policy field")
+	}
+	if err == nil {
+		err = errors.New("no maxmemory-policy")
+	}
+	return "", fmt.Errorf("CONFIG GET maxmemory-policy: %v; INFO memory: %w", err, ierr)
+}
+
+// infoField returns the value of field in an INFO reply.
+func infoField(info, field string) string {
+	for line := range strings.Lines(info) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == field {
+			return v
+		}
+	}
+	return ""
 }
 
 // answered reports whether err is an error reply of Redis itself (the
