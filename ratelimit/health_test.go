@@ -553,6 +553,9 @@ func TestClassify(t *testing.T) {
 		{errors.New("WRONGPASS invalid username-password pair or user is disabled."), "credentials", true},
 		{fmt.Errorf("rate-limit script: %w", replyError("NOAUTH Authentication required.")), "credentials", true},
 		{replyError("ERR AUTH <password> called without any password configured for the default user."), "credentials", true},
+		// What Redis answers a client without a password that sends a
+		// script call of more than 10 arguments (and closes it).
+		{fmt.Errorf("rate-limit script: %w", replyError("ERR Protocol error: unauthenticated multibulk length")), "credentials", true},
 		{replyError("NOPERM User deskgate has no permissions to run the 'evalsha' command"), "permission", true},
 		{fmt.Errorf("rate-limit script: %w", replyError("OOM command not allowed when used memory > 'maxmemory'.")), "out_of_memory", false},
 		{fmt.Errorf("rate-limit script: %w", replyError("READONLY You can't write against a read only replica.")), "read_only", false},
