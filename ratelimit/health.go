@@ -21,10 +21,12 @@ import (
 // with a PING: a Redis that answers PING but refuses writes (full under
 // noeviction, a read-only replica after a failover) would pass a PING and
 // fail the next request, and the replica would flap between Redis and its
-// fallback at every check. The checks back off: the first after HealthEvery,
-// then twice as long each time up to HealthMax, each shortened by up to a
-// quarter at random so that replicas that lost Redis together do not check
-// it in step.
+// fallback at every check. The checks come every HealthEvery for the first
+// steadyChecks intervals of an outage (restarts and failovers take
+// seconds: each check is a chance to be back soon), then back off, twice
+// as long each time up to HealthMax; each is shortened by up to a quarter
+// at random so that replicas that lost Redis together do not check it in
+// step.
 //
 // The log says each change of state once — down (and why), back — plus,
 // while down: a line when the reason changes, a reminder every remindEvery,
@@ -38,6 +40,9 @@ const (
 	remindEvery      = 5 * time.Minute
 	configErrorEvery = 30 * time.Second
 	policyEvery      = 5 * time.Minute
+	// steadyChecks is how many HealthEvery intervals of an outage pass
+	// before the checks back off.
+	steadyChecks = 10
 	// startBudget bounds Start: start-up does not wait on a dead Redis.
 	startBudget = 2 * time.Second
 	// policyTimeout bounds one read of maxmemory-policy.
@@ -128,11 +133,13 @@ func (l *Limiter) goDown(err error, k Key, msg string) {
 	go l.healthLoop()
 }
 
-// healthLoop checks the store, backing off, until a check succeeds; then
-// it switches back to Redis and reads maxmemory-policy again.
+// healthLoop checks the store, backing off after the first steadyChecks
+// intervals, until a check succeeds; then it switches back to Redis and
+// reads maxmemory-policy again.
 func (l *Limiter) healthLoop() {
 	defer l.wg.Done()
 	wait := l.every
+	steady := time.Now().Add(steadyChecks * l.every)
 	t := time.NewTimer(jitter(wait))
 	defer t.Stop()
 	for {
@@ -162,7 +169,9 @@ func (l *Limiter) healthLoop() {
 		l.health.mu.Lock()
 		l.report(err, false, "")
 		l.health.mu.Unlock()
-		wait = min(2*wait, l.maxWait)
+		if time.Now().After(steady) {
+			wait = min(2*wait, l.maxWait)
+		}
 		t.Reset(jitter(wait))
 	}
 }

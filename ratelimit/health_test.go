@@ -515,24 +515,27 @@ func TestRealRedisClusterEvictionPolicy(t *testing.T) {
 }
 
 // TestHealthBacksOff guards the health check's backoff: against a dead
-// Redis, checks every 40 ms doubling to 160 ms make at most 13 checks
-// in 1.5 s (a fixed 40 ms interval would make at least 37), and keep going.
+// Redis, checks every 20 ms for 200 ms, then doubling to 320 ms, make at
+// most 25 checks in 2 s (a fixed 20 ms interval would make at least 100),
+// and keep going.
 func TestHealthBacksOff(t *testing.T) {
 	client, err := NewClient(redisConfig(t, "{url: 'redis://"+deadAddr(t)+"/0', timeout: 100ms}"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	l, _, logs := loggedLimiter(t, NewRedis(client), 40*time.Millisecond, 160*time.Millisecond)
+	l, _, logs := loggedLimiter(t, NewRedis(client), 20*time.Millisecond, 320*time.Millisecond)
 	l.health.remindEvery = 0 // one line per failed check
 	_ = l.Start(context.Background())
-	time.Sleep(1500 * time.Millisecond)
-	// Nominal times 40, 120, 280, 440, ... ms; each may come up to a
-	// quarter of its interval early: at most 3 + (1500-210)/120 checks.
+	time.Sleep(2 * time.Second)
+	// Each check may come up to a quarter of its interval early: at most
+	// 200/15 checks in the steady 200 ms, then at least 30, 60, 120 ms
+	// apart, then 240 ms: 13 + 3 + (2000-410)/240.
 	n := logs.count(t, "still unavailable")
-	if n > 13 || n < 2 {
-		t.Errorf("%d checks in 1.5 s, want between 2 and 13", n)
+	if n > 25 || n < 2 {
+		t.Errorf("%d checks in 2 s, want between 2 and 25", n)
 	}
+	t.Logf("%d checks in 2 s", n)
 	for range 1000 {
 		for _, d := range []time.Duration{time.Second, 30 * time.Second} {
 			if j := jitter(d); j > d || j < d*3/4 {

@@ -96,9 +96,10 @@ type LimiterOptions struct {
 	OnFailure OnFailure
 	// Timeout bounds each Redis call (redis.timeout).
 	Timeout time.Duration
-	// HealthEvery is the first interval of the health check while Redis
-	// is down (1s when zero); it doubles after each failed check, up to
-	// HealthMax (30s when zero), with jitter.
+	// HealthEvery is the interval of the health check while Redis is
+	// down (1s when zero); after 10 intervals of an outage it doubles at
+	// each failed check, up to HealthMax (30s when zero). Each check comes
+	// up to a quarter early, at random.
 	HealthEvery time.Duration
 	HealthMax   time.Duration
 	// DenyCacheSize caps the deny cache's entries (100,000 when zero).
