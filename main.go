@@ -346,6 +346,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStam
 		"upstream", cfg.Upstream.URL,
 		"routes", len(cfg.Routes),
 		"rate_limit_store", a.limiter.StoreName(),
+		"rate_limit_fallback_active", a.limiter.FallbackActive(),
 		"redis", redisTopology(cfg.Redis))
 
 	changed := make(chan struct{}, 1)
@@ -425,7 +426,8 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 
 // newLimiter builds the rate-limit store of cfg: in process, or Redis with
 // the in-process store as fallback. Redis being down at start-up is not
-// fatal: redis.on_failure applies until it answers.
+// fatal: the limiter checks it (within 2 s) and applies redis.on_failure
+// from the start, with the gauge and the log saying so, until it answers.
 func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
 	onFailure, err := ratelimit.ParseOnFailure(cfg.OnFailure)
 	if err != nil {
@@ -440,14 +442,10 @@ func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metri
 	}
 	if client != nil {
 		o.Redis = ratelimit.NewRedis(client)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := o.Redis.Load(ctx); err != nil {
-			log.Warn("rate-limit store not reachable at start-up; redis.on_failure applies until it is",
-				"on_failure", cfg.OnFailure, "error", err.Error())
-		}
 	}
-	return ratelimit.NewLimiter(o), nil
+	l := ratelimit.NewLimiter(o)
+	_ = l.Start(context.Background()) // logged by the limiter
+	return l, nil
 }
 
 func redisTopology(cfg config.Redis) string {

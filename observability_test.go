@@ -400,6 +400,7 @@ var specMetrics = map[string]struct {
 	"deskgate_ratelimit_decisions_total":     {dto.MetricType_COUNTER, []string{"result", "store"}},
 	"deskgate_ratelimit_store_errors_total":  {dto.MetricType_COUNTER, nil},
 	"deskgate_ratelimit_fallback_active":     {dto.MetricType_GAUGE, nil},
+	"deskgate_ratelimit_store_evicting":      {dto.MetricType_GAUGE, nil}, // beyond SPEC §6's table: README "Observability"
 	"deskgate_config_reloads_total":          {dto.MetricType_COUNTER, []string{"result"}},
 	"deskgate_config_last_reload_successful": {dto.MetricType_GAUGE, nil},
 	"deskgate_build_info":                    {dto.MetricType_GAUGE, []string{"goversion", "version"}},
@@ -502,6 +503,7 @@ func TestMetricsAfterTrafficMix(t *testing.T) {
 		for name, v := range map[string]float64{
 			"deskgate_ratelimit_store_errors_total":  0,
 			"deskgate_ratelimit_fallback_active":     0,
+			"deskgate_ratelimit_store_evicting":      0,
 			"deskgate_config_last_reload_successful": 1,
 		} {
 			if d := diffObsSeries(familyValues(fams, name), map[string]float64{"": v}); d != "" {
@@ -965,6 +967,7 @@ func TestAlertRules(t *testing.T) {
 	for _, name := range []string{
 		"DeskgateRateLimitFallback", "DeskgateRateLimitStoreErrors", "DeskgateUpstreamErrorRatio",
 		"DeskgateHigh5xxRatio", "DeskgateConfigReloadFailed", "DeskgateAuthRejectionSpike", "DeskgateDown",
+		"DeskgateRedisEvictionPolicy",
 	} {
 		r, ok := alerts[name]
 		if !ok {
@@ -1120,6 +1123,21 @@ tests:
     alert_rule_test:
       - eval_time: 15m
         alertname: DeskgateRateLimitStoreErrors
+        exp_alerts:
+          - exp_labels: {severity: warning, job: deskgate, instance: "a:9090"}
+
+  # DeskgateRedisEvictionPolicy: instance a reads an allkeys-* policy from
+  # 2m on; instance b a safe one.
+  - interval: 1m
+    input_series:
+      - series: 'deskgate_ratelimit_store_evicting{job="deskgate",instance="a:9090"}'
+        values: '0 0 1x30'
+      - series: 'deskgate_ratelimit_store_evicting{job="deskgate",instance="b:9090"}'
+        values: '0x32'
+    alert_rule_test:
+      - {eval_time: 8m, alertname: DeskgateRedisEvictionPolicy, exp_alerts: []}
+      - eval_time: 15m
+        alertname: DeskgateRedisEvictionPolicy
         exp_alerts:
           - exp_labels: {severity: warning, job: deskgate, instance: "a:9090"}
 

@@ -30,10 +30,13 @@ type Metrics struct {
 	RateLimitDecisions   *prometheus.CounterVec
 	RateLimitStoreErrors prometheus.Counter
 	RateLimitFallback    prometheus.Gauge
-	ConfigReloads        *prometheus.CounterVec
-	ConfigLastReloadOK   prometheus.Gauge
-	BuildInfo            *prometheus.GaugeVec
-	CORSPreflights       *prometheus.CounterVec
+	// RateLimitEvicting is beyond SPEC §6's table: the README documents
+	// it.
+	RateLimitEvicting  prometheus.Gauge
+	ConfigReloads      *prometheus.CounterVec
+	ConfigLastReloadOK prometheus.Gauge
+	BuildInfo          *prometheus.GaugeVec
+	CORSPreflights     *prometheus.CounterVec
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -93,6 +96,10 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_ratelimit_fallback_active",
 			Help: "1 while rate limits are decided in process because the shared store is unreachable.",
 		}),
+		RateLimitEvicting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "deskgate_ratelimit_store_evicting",
+			Help: "1 while the rate-limit store's maxmemory-policy is allkeys-* (on any Cluster master): Redis may evict any key, budgets and key-store records included. SPEC §4 wants noeviction or volatile-*.",
+		}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "deskgate_config_reloads_total",
 			Help: "Configuration reloads, by result (success, failure).",
@@ -113,7 +120,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
-		m.RateLimitStoreErrors, m.RateLimitFallback, m.ConfigReloads,
+		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

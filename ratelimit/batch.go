@@ -296,6 +296,15 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 	}
 }
 
+// replyError is an error reply of a command the script ran (OOM, READONLY,
+// WRONGTYPE, ...): an answer of Redis, like go-redis' own error replies.
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+
+// RedisError marks replyError as a [redis.Error].
+func (replyError) RedisError() {}
+
 // parseReply reads the script's reply into items.
 func parseReply(reply string, items []*pending) error {
 	rest, failure, _ := strings.Cut(reply, "|")
@@ -317,7 +326,7 @@ func parseReply(reply string, items []*pending) error {
 		}
 		switch {
 		case errItem:
-			it.err = fmt.Errorf("rate-limit script: %s", failure)
+			it.err = fmt.Errorf("rate-limit script: %w", replyError(failure))
 		case f[0] > 1 || f[0] < 0 || f[1] < 0 || int(f[1]) >= len(it.p.Tiers):
 			return fmt.Errorf("unexpected reply %q", reply)
 		default:

@@ -57,19 +57,23 @@ type Limiter struct {
 	log       *slog.Logger
 	clock     func() time.Duration
 
-	// healthy is false from a failed Redis call until a health check
-	// succeeds; meanwhile no request waits on Redis.
-	healthy  atomic.Bool
-	checking atomic.Bool
-	every    time.Duration
+	// healthy is false from a failed Redis call (or a failed start-up
+	// check) until a health check succeeds; meanwhile no request waits on
+	// Redis. The rest of the store's health is in health.go.
+	healthy atomic.Bool
+	every   time.Duration // first health-check interval
+	maxWait time.Duration // its cap
+	health  health
+	policy  policyState
 
-	stop     chan struct{}
-	stopOnce sync.Once
-	wg       sync.WaitGroup
+	bg     context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	decisions   [4][2]prometheus.Counter // [store][allowed]
 	storeErrors prometheus.Counter
 	fallback    prometheus.Gauge
+	evicting    prometheus.Gauge
 }
 
 // The store label values of deskgate_ratelimit_decisions_total.
@@ -93,8 +97,11 @@ type LimiterOptions struct {
 	// Timeout bounds each Redis call (redis.timeout).
 	Timeout time.Duration
 	// HealthEvery is the interval of the health check while Redis is
-	// down (1s when zero).
+	// down (1s when zero); after 10 intervals of an outage it doubles at
+	// each failed check, up to HealthMax (30s when zero). Each check comes
+	// up to a quarter early, at random.
 	HealthEvery time.Duration
+	HealthMax   time.Duration
 	// DenyCacheSize caps the deny cache's entries (100,000 when zero).
 	DenyCacheSize int
 	Metrics       *metrics.Metrics
@@ -113,8 +120,12 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		log:       o.Logger,
 		clock:     o.Clock,
 		every:     o.HealthEvery,
-		stop:      make(chan struct{}),
+		maxWait:   o.HealthMax,
 	}
+	l.bg, l.cancel = context.WithCancel(context.Background())
+	l.health.remindEvery = remindEvery
+	l.health.configEvery = configErrorEvery
+	l.policy.every = policyEvery
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +136,10 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	if l.every <= 0 {
 		l.every = time.Second
 	}
+	if l.maxWait <= 0 {
+		l.maxWait = 30 * time.Second
+	}
+	l.maxWait = max(l.maxWait, l.every)
 	if l.timeout <= 0 {
 		l.timeout = 50 * time.Millisecond
 	}
@@ -142,23 +157,32 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	l.storeErrors = m.RateLimitStoreErrors
 	l.fallback = m.RateLimitFallback
 	l.fallback.Set(0)
+	l.evicting = m.RateLimitEvicting
+	l.evicting.Set(0)
 	return l
 }
 
-// Close stops the background health check and the local store's sweep.
+// Close stops the background checks and the local store's sweep.
 func (l *Limiter) Close() {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.health.mu.Lock()
+	l.health.closed = true
+	l.health.mu.Unlock()
+	l.cancel()
 	l.wg.Wait()
 	l.local.Close()
 }
 
-// StoreName names the store for the start-up log.
+// StoreName names the configured store for the start-up log.
 func (l *Limiter) StoreName() string {
 	if l.redis == nil {
 		return "memory"
 	}
 	return "redis"
 }
+
+// FallbackActive reports whether redis.on_failure applies now, as
+// deskgate_ratelimit_fallback_active does.
+func (l *Limiter) FallbackActive() bool { return l.redis != nil && !l.healthy.Load() }
 
 func (l *Limiter) count(store int, d Decision) Decision {
 	if d.Allowed {
@@ -244,7 +268,7 @@ func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duratio
 			return Decision{}, ctx.Err()
 		}
 		l.storeErrors.Inc()
-		l.markDown(err)
+		l.markDown(err, k)
 		return l.failed(ctx, p, k)
 	}
 	switch {
@@ -271,47 +295,6 @@ func (l *Limiter) failed(ctx context.Context, p *Policy, k Key) (Decision, error
 	}
 	d, _ := l.local.Allow(ctx, p, k)
 	return l.count(storeFallback, d), nil
-}
-
-// markDown switches to the failure policy and starts the health check,
-// once.
-func (l *Limiter) markDown(err error) {
-	if !l.healthy.CompareAndSwap(true, false) {
-		return
-	}
-	l.fallback.Set(1)
-	l.log.Warn("rate-limit store unreachable; applying redis.on_failure",
-		"on_failure", [...]string{"local", "allow", "deny"}[l.onFailure], "error", err.Error())
-	if l.checking.CompareAndSwap(false, true) {
-		l.wg.Add(1)
-		go l.healthLoop()
-	}
-}
-
-// healthLoop pings Redis until it answers, then switches back.
-func (l *Limiter) healthLoop() {
-	defer l.wg.Done()
-	defer l.checking.Store(false)
-	t := time.NewTicker(l.every)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-		}
-		// The same budget as a decision: a Redis that answers a PING but
-		// slower than redis.timeout is not back (it would flap).
-		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		err := l.redis.Ping(ctx)
-		cancel()
-		if err == nil {
-			l.healthy.Store(true)
-			l.fallback.Set(0)
-			l.log.Info("rate-limit store reachable again; back to redis")
-			return
-		}
-	}
 }
 
 // denyCache remembers, per policy and identity, until when Redis said no.

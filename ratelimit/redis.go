@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -164,8 +167,120 @@ func (r *Redis) Load(ctx context.Context) error {
 	return slidingLogScript.Load(ctx, r.client).Err()
 }
 
-// Ping reports whether Redis answers.
-func (r *Redis) Ping(ctx context.Context) error { return r.client.Ping(ctx).Err() }
+// healthID names the budget of the health check's key: no policy has it
+// (theirs are "global", "plan:<name>" and "bucket:<name>").
+const healthID = "health"
+
+// healthPolicy is the health check's own budget: far more than one check a
+// second ever uses, so that every check is admitted and writes; its key
+// expires 5 s after the last check.
+var healthPolicy = func() *Policy {
+	p, err := NewPolicy(healthID, SlidingLog, []Tier{{Limit: 1000, Window: 5 * time.Second, Name: "5s"}})
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
+
+// Probe runs what a decision runs — the rate-limit script, GET and SET with
+// an expiry — on the health key of k, deskgate:rl:{<k>}:health: in the
+// Cluster slot of k's budgets, but on none of them. A Redis that answers
+// PING but refuses writes (out of memory under noeviction, a read-only
+// replica) fails it as it fails the requests. ctx's deadline bounds it.
+func (r *Redis) Probe(ctx context.Context, k Key) error {
+	deadline, _ := ctx.Deadline()
+	it := &pending{ctx: ctx, deadline: deadline, p: healthPolicy}
+	it.key = appendRedisKey(nil, r.prefix, healthID, k)
+	r.run(&call{items: []*pending{it}})
+	return it.err
+}
+
+// EvictionPolicy is the maxmemory-policy of one Redis server.
+type EvictionPolicy struct {
+	// Addr is the server, for a Cluster master; empty otherwise.
+	Addr   string
+	Policy string
+}
+
+// Evicts reports whether the policy may evict any key, including those
+// without an expiry: the allkeys-* policies. SPEC §4 accepts noeviction
+// and volatile-* (README "Stores" says why).
+func (p EvictionPolicy) Evicts() bool { return strings.HasPrefix(p.Policy, "allkeys-") }
+
+func (p EvictionPolicy) String() string {
+	if p.Addr == "" {
+		return p.Policy
+	}
+	return p.Addr + "=" + p.Policy
+}
+
+// EvictionPolicies reads maxmemory-policy from the server, or from every
+// master of a Cluster (sorted by address), with CONFIG GET or, where CONFIG
+// is disabled or renamed (managed services), the maxmemory_policy field of
+// INFO memory. It returns what it could read, and the first error.
+func (r *Redis) EvictionPolicies(ctx context.Context) ([]EvictionPolicy, error) {
+	cc, ok := r.client.(*redis.ClusterClient)
+	if !ok {
+		p, err := evictionPolicy(ctx, r.client)
+		if err != nil {
+			return nil, err
+		}
+		return []EvictionPolicy{{Policy: p}}, nil
+	}
+	var mu sync.Mutex
+	var out []EvictionPolicy
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		addr := c.Options().Addr
+		p, err := evictionPolicy(ctx, c)
+		if err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+		mu.Lock()
+		out = append(out, EvictionPolicy{Addr: addr, Policy: p})
+		mu.Unlock()
+		return nil
+	})
+	slices.SortFunc(out, func(a, b EvictionPolicy) int { return strings.Compare(a.Addr, b.Addr) })
+	return out, err
+}
+
+func evictionPolicy(ctx context.Context, c redis.Cmdable) (string, error) {
+	m, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+	if p := m["maxmemory-policy"]; err == nil && p != "" {
+		return p, nil
+	}
+	if err != nil && !answered(err) {
+		return "", err // no answer: INFO would not get one either
+	}
+	info, ierr := c.Info(ctx, "memory").Result()
+	if ierr == nil {
+		if p := infoField(info, "maxmemory_policy"); p != "" {
+			return p, nil
+		}
+		ierr = errors.New("no maxmemory_policy field")
+	}
+	if err == nil {
+		err = errors.New("no maxmemory-policy")
+	}
+	return "", fmt.Errorf("CONFIG GET maxmemory-policy: %v; INFO memory: %w", err, ierr)
+}
+
+// infoField returns the value of field in an INFO reply.
+func infoField(info, field string) string {
+	for line := range strings.Lines(info) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == field {
+			return v
+		}
+	}
+	return ""
+}
+
+// answered reports whether err is an error reply of Redis itself (the
+// server is there and said no), not the absence of an answer.
+func answered(err error) bool {
+	var e redis.Error
+	return errors.As(err, &e)
+}
 
 // RedisKey returns the key of k's state under policy id: the identity's
 // hash in a Cluster hash tag, so that all of an identity's budgets live in
