@@ -49,6 +49,7 @@ var buildRoot string
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	printFaultSummary()
 	if buildRoot != "" {
 		os.RemoveAll(buildRoot)
 	}

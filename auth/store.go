@@ -59,9 +59,6 @@ func (s *FileStore) Lookup(_ context.Context, hash [32]byte) (*App, error) {
 	return s.byHash[hash], nil
 }
 
-// Len returns the number of keys.
-func (s *FileStore) Len() int { return len(s.byHash) }
-
 // RedisStore is the key store of `auth.store: redis`: `HGETALL
 // <prefix><sha256 hex>` gives `app`, `status` and `plan`. Answers are
 // cached in process — known keys for ttl, unknown ones for negTTL — so a

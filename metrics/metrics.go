@@ -134,7 +134,12 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 }
 
 // Methods are the method label values; any other method counts as "OTHER".
-var Methods = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "OTHER"}
+var Methods = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", MethodOther}
+
+// MethodOther is the method label of a request whose method is not one
+// of [Methods]' standard ones, and of an answer net/http gave before any
+// method was known.
+const MethodOther = "OTHER"
 
 // MethodIndex returns the index in [Methods] of method.
 func MethodIndex(method string) int {

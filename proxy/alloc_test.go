@@ -182,6 +182,45 @@ func benchGateway(b *testing.B, access io.Writer) {
 	}
 }
 
+// benchCORS runs the chain of benchGateway with an Origin on every
+// request, on a public route with (cors) or without a cors: block: the
+// cost of CORS on a route that answers an allowed origin.
+func benchCORS(b *testing.B, cors bool) {
+	yml := `
+upstream: {url: "${UPSTREAM}"}
+auth: {store: file, file: keys.yaml}
+rate_limit: {key_by: app}
+routes: [{pattern: "/api/v1/", auth: public}]
+`
+	if cors {
+		yml += `cors: {allowed_origins: ["https://widget.example"]}` + "\n"
+	}
+	h := allocHarnessYAML(b, yml)
+	reqs := keyedRequests()
+	for _, r := range reqs {
+		r.Header.Set("Origin", "https://widget.example")
+	}
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i%len(reqs) == 0 {
+			h.clock.Advance(2 * time.Minute)
+		}
+		w.Body.Reset()
+		clear(w.Header())
+		h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
+		i++
+	}
+}
+
+// BenchmarkGatewayCORS: a public route answering an allowed origin, with
+// and without CORS on (issue 14).
+func BenchmarkGatewayCORS(b *testing.B) {
+	b.Run("off", func(b *testing.B) { benchCORS(b, false) })
+	b.Run("on", func(b *testing.B) { benchCORS(b, true) })
+}
+
 // BenchmarkGatewayNoLog: auth, rate limit, metrics; no access log.
 func BenchmarkGatewayNoLog(b *testing.B) { benchGateway(b, nil) }
 

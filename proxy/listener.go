@@ -137,7 +137,7 @@ func (c *shapingConn) Write(b []byte) (int, error) {
 	out = append(out, body...)
 
 	g.unmatched.Reject(string(code))
-	g.unmatched.Observe(metrics.Methods[len(metrics.Methods)-1], status, 0)
+	g.unmatched.Observe(metrics.MethodOther, status, 0)
 	// What net/http said after the status line names the fault without
 	// echoing client bytes (it never quotes values).
 	reason := string(b[13:i])

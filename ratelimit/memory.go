@@ -134,7 +134,7 @@ func (m *Memory) Allow(_ context.Context, p *Policy, k Key) (Decision, error) {
 // at returns the i-th oldest recorded time.
 func (e *memEntry) at(i int) int64 { return e.ring[(e.head+i)%len(e.ring)] }
 
-// countAfter returns the index of the first recorded time after cutoff.
+// firstAfter returns the index of the first recorded time after cutoff.
 func (e *memEntry) firstAfter(cutoff int64) int {
 	lo, hi := 0, e.n
 	for lo < hi {

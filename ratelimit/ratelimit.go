@@ -155,14 +155,6 @@ type Decision struct {
 	Reset time.Duration
 }
 
-// RetryAfter returns how long a denied client should wait.
-func (d Decision) RetryAfter() time.Duration {
-	if d.Allowed {
-		return 0
-	}
-	return d.Reset
-}
-
 // String returns the decision for logs and test failures.
 func (d Decision) String() string {
 	verb := "denied"
