@@ -52,7 +52,25 @@ func TestMain(m *testing.M) {
 	if buildRoot != "" {
 		os.RemoveAll(buildRoot)
 	}
+	exitMu.Lock()
+	for _, f := range exitFuncs {
+		f()
+	}
+	exitMu.Unlock()
 	os.Exit(code)
+}
+
+var (
+	exitMu    sync.Mutex
+	exitFuncs []func()
+)
+
+// atExit has TestMain call f after every test ran: the removal of what a
+// build shared by several tests left.
+func atExit(f func()) {
+	exitMu.Lock()
+	defer exitMu.Unlock()
+	exitFuncs = append(exitFuncs, f)
 }
 
 var (
