@@ -495,7 +495,8 @@ func TestKubernetesManifests(t *testing.T) {
 // TestKustomization guards that deploy/kubernetes/kustomization.yaml
 // applies every manifest beside it, and each component every manifest of
 // its directory (and nothing else); that its image override names the
-// image the Deployment runs.
+// image the Deployment runs; and that the Redis password Secret is
+// generated from redis.env.
 func TestKustomization(t *testing.T) {
 	type kustomization struct {
 		Resources []string `yaml:"resources"`
@@ -504,6 +505,11 @@ func TestKustomization(t *testing.T) {
 			NewName string `yaml:"newName"`
 			NewTag  string `yaml:"newTag"`
 		} `yaml:"images"`
+		SecretGenerator []struct {
+			Name  string   `yaml:"name"`
+			Envs  []string `yaml:"envs"`
+			Files []string `yaml:"files"`
+		} `yaml:"secretGenerator"`
 	}
 	var base kustomization
 	for dir := range kustomizations(t) {
@@ -535,6 +541,9 @@ func TestKustomization(t *testing.T) {
 	name := imageName(c.Image)
 	if len(base.Images) != 1 || base.Images[0].Name != name || base.Images[0].NewTag == "" {
 		t.Errorf("kustomization images %+v: want one entry for %s with a newTag", base.Images, name)
+	}
+	if g := base.SecretGenerator; len(g) != 1 || g[0].Name != "deskgate-redis" || !slices.Equal(g[0].Envs, []string{"redis.env"}) || len(g[0].Files) != 0 {
+		t.Errorf("secretGenerator %+v: want deskgate-redis from envs [redis.env]", g)
 	}
 }
 
