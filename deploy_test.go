@@ -53,7 +53,25 @@ func TestMain(m *testing.M) {
 	if buildRoot != "" {
 		os.RemoveAll(buildRoot)
 	}
+	exitMu.Lock()
+	for _, f := range exitFuncs {
+		f()
+	}
+	exitMu.Unlock()
 	os.Exit(code)
+}
+
+var (
+	exitMu    sync.Mutex
+	exitFuncs []func()
+)
+
+// atExit has TestMain call f after every test ran: the removal of what a
+// build shared by several tests left.
+func atExit(f func()) {
+	exitMu.Lock()
+	defer exitMu.Unlock()
+	exitFuncs = append(exitFuncs, f)
 }
 
 var (
@@ -240,7 +258,8 @@ func TestDeployYAMLParses(t *testing.T) {
 }
 
 // TestKubernetesManifests guards issue 9's deploy/kubernetes wiring against
-// the code and SPEC §5/§6: the ConfigMap is a valid deskgate config with the
+// the code and SPEC §5/§6, on the objects `kubectl apply -k` would send
+// (the kustomization with every component, rendered): the ConfigMap is a valid deskgate config with the
 // repository's policy, mounted (as a directory, so that watch_config sees
 // updates) where the container's -config names it; every ${VAR} it reads
 // is in the Deployment's env; the container ports are the config's
@@ -249,7 +268,7 @@ func TestDeployYAMLParses(t *testing.T) {
 // drain fits in terminationGracePeriodSeconds; the container is non-root
 // and read-only; Redis runs noeviction with the shared password.
 func TestKubernetesManifests(t *testing.T) {
-	m := loadManifests(t)
+	m := renderedManifests(t)
 	for _, o := range m.objects {
 		if o.Metadata.Namespace != "" {
 			t.Errorf("%s %s (%s) sets a namespace: the manifests are namespace-less", o.Kind, o.Metadata.Name, o.file)
@@ -468,49 +487,64 @@ func TestKubernetesManifests(t *testing.T) {
 	if !strings.Contains(args, "--maxmemory-policy noeviction") {
 		t.Errorf("Redis args %q lack --maxmemory-policy noeviction", args)
 	}
-	if !strings.Contains(args, "--requirepass $(REDIS_PASSWORD)") {
-		t.Errorf("Redis args %q lack --requirepass $(REDIS_PASSWORD)", args)
-	}
+	// --requirepass: TestKustomizeRedisRefusesWeakPassword runs the command.
 	if renv := m.envOf(t, rc); renv["REDIS_PASSWORD"] != env["REDIS_PASSWORD"] {
 		t.Error("Redis and deskgate do not read REDIS_PASSWORD from the same Secret key")
 	}
 }
 
-// TestKustomization guards that kustomization.yaml applies every manifest
-// of deploy/kubernetes (and nothing else) and that its image override names
-// the image the Deployment runs.
+// TestKustomization guards that deploy/kubernetes/kustomization.yaml
+// applies every manifest beside it, and each component every manifest of
+// its directory (and nothing else); that its image override names the
+// image the Deployment runs; and that the Redis password Secret is
+// generated from redis.env.
 func TestKustomization(t *testing.T) {
-	var k struct {
+	type kustomization struct {
 		Resources []string `yaml:"resources"`
 		Images    []struct {
 			Name    string `yaml:"name"`
 			NewName string `yaml:"newName"`
 			NewTag  string `yaml:"newTag"`
 		} `yaml:"images"`
+		SecretGenerator []struct {
+			Name  string   `yaml:"name"`
+			Envs  []string `yaml:"envs"`
+			Files []string `yaml:"files"`
+		} `yaml:"secretGenerator"`
 	}
-	docs, err := yamlDocs("deploy/kubernetes/kustomization.yaml")
-	if err != nil || len(docs) != 1 {
-		t.Fatalf("kustomization.yaml: %v (%d documents)", err, len(docs))
-	}
-	if err := docs[0].Decode(&k); err != nil {
-		t.Fatal(err)
-	}
-	files, _ := filepath.Glob("deploy/kubernetes/*.yaml")
-	var want []string
-	for _, f := range files {
-		if b := filepath.Base(f); b != "kustomization.yaml" {
-			want = append(want, b)
+	var base kustomization
+	for dir := range kustomizations(t) {
+		var k kustomization
+		docs, err := yamlDocs(filepath.Join(dir, "kustomization.yaml"))
+		if err != nil || len(docs) != 1 {
+			t.Fatalf("%s/kustomization.yaml: %v (%d documents)", dir, err, len(docs))
+		}
+		if err := docs[0].Decode(&k); err != nil {
+			t.Fatal(err)
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+		var want []string
+		for _, f := range files {
+			if b := filepath.Base(f); b != "kustomization.yaml" {
+				want = append(want, b)
+			}
+		}
+		got := slices.Sorted(slices.Values(k.Resources))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: resources %v, want every manifest beside it %v", dir, got, want)
+		}
+		if dir == "deploy/kubernetes" {
+			base = k
 		}
 	}
-	got := slices.Sorted(slices.Values(k.Resources))
-	if !slices.Equal(got, want) {
-		t.Errorf("kustomization resources %v, want every manifest %v", got, want)
-	}
-	m := loadManifests(t)
+	m := renderedManifests(t)
 	c := m.deployment(t, "deskgate").Spec.Template.Spec.container(t, "deskgate")
 	name := imageName(c.Image)
-	if len(k.Images) != 1 || k.Images[0].Name != name || k.Images[0].NewTag == "" {
-		t.Errorf("kustomization images %+v: want one entry for %s with a newTag", k.Images, name)
+	if len(base.Images) != 1 || base.Images[0].Name != name || base.Images[0].NewTag == "" {
+		t.Errorf("kustomization images %+v: want one entry for %s with a newTag", base.Images, name)
+	}
+	if g := base.SecretGenerator; len(g) != 1 || g[0].Name != "deskgate-redis" || !slices.Equal(g[0].Envs, []string{"redis.env"}) || len(g[0].Files) != 0 {
+		t.Errorf("secretGenerator %+v: want deskgate-redis from envs [redis.env]", g)
 	}
 }
 
@@ -982,39 +1016,10 @@ type kServiceMonitor struct {
 	} `yaml:"spec"`
 }
 
-// manifests are the Kubernetes objects of deploy/kubernetes.
+// manifests are Kubernetes objects, as kubecheck renders them
+// (parseManifests).
 type manifests struct {
 	objects []kObject
-}
-
-func loadManifests(t *testing.T) *manifests {
-	t.Helper()
-	files, err := filepath.Glob("deploy/kubernetes/*.yaml")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no manifests: %v", err)
-	}
-	m := &manifests{}
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue
-		}
-		docs, err := yamlDocs(f)
-		if err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		for _, d := range docs {
-			var o kObject
-			if err := d.Decode(&o); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if o.APIVersion == "" || o.Kind == "" {
-				t.Fatalf("%s: a document without apiVersion and kind", f)
-			}
-			o.file, o.node = f, d
-			m.objects = append(m.objects, o)
-		}
-	}
-	return m
 }
 
 func (m *manifests) find(kind, name string) *kObject {

@@ -5,11 +5,13 @@
 //
 // Usage:
 //
-//	deskgate [-config config.yaml] [-check-config] [-version]
-//	deskgate demo [-config config.yaml]
+//	deskgate [-config config.yaml] [-check-config] [-version] [-listen addr] [-admin-listen addr]
+//	deskgate demo [flags]
+//	deskgate hash-key < key
 //
-// `demo` also serves the example SupportDesk upstream at upstream.url, in
-// the same process, for the quick start.
+// Flags may come before or after the subcommand. `demo` also serves the
+// example SupportDesk upstream at upstream.url, in the same process, for
+// the quick start. `deskgate -h` prints the whole usage.
 package main
 
 import (
@@ -29,6 +31,7 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,41 +57,151 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// buildVersion is the version of the binary: the -ldflags stamp, else the
+// module version that `go build` recorded (a tag, or a pseudo-version
+// naming the commit, "+dirty" for a modified tree), else "dev" (`go run`,
+// -buildvcs=false, no VCS).
 func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
+	bi, _ := debug.ReadBuildInfo()
+	v, _ := versionOf(version, bi)
+	return v
 }
+
+// versionOf returns the version of a binary stamped with ldflags (may be
+// "") and built as bi (may be nil), and, when `go build` recorded it, the
+// VCS revision it was built from: "<revision>" or "<revision>, modified".
+func versionOf(ldflags string, bi *debug.BuildInfo) (v, revision string) {
+	v = ldflags
+	if bi == nil {
+		if v == "" {
+			v = "dev"
+		}
+		return v, ""
+	}
+	if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	if v == "" {
+		v = "dev"
+	}
+	var modified bool
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			revision = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
+		}
+	}
+	if revision != "" && modified {
+		revision += ", modified"
+	}
+	return v, revision
+}
+
+// versionLine is what -version prints: "deskgate <version> <go version>",
+// then "(commit <revision>)" when the build recorded one.
+func versionLine() string {
+	bi, _ := debug.ReadBuildInfo()
+	v, rev := versionOf(version, bi)
+	line := fmt.Sprintf("deskgate %s %s", v, runtime.Version())
+	if rev != "" {
+		line += " (commit " + rev + ")"
+	}
+	return line
+}
+
+const usageText = `Usage:
+  deskgate [flags]            run the gateway
+  deskgate demo [flags]       also serve the example SupportDesk upstream on
+                              the host:port of upstream.url (quick start)
+  deskgate hash-key < key     read an API key on stdin, print its SHA-256 hex
+                              (never on the command line: shell history and
+                              ps would keep it)
+
+Flags go before or after the subcommand (deskgate -config x.yaml demo).
+The listen addresses are taken from -listen/-admin-listen, else from
+DESKGATE_LISTEN/DESKGATE_ADMIN_LISTEN, else from the config file; they hold
+across reloads.
+
+Flags:
+`
+
+// hashKeyArgs answers `deskgate hash-key <anything>`. The argument is not
+// echoed: it is likely the key.
+const hashKeyArgs = `deskgate hash-key: takes no argument and no flag; it reads the key on stdin, so that the key stays out of shell history and ps:
+  deskgate hash-key < key.txt
+  read -rs KEY && printf '%s\n' "$KEY" | deskgate hash-key
+(a key typed on a command line is in your shell history now)
+`
 
 // run is main with its exit code returned, so that tests can call it.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "hash-key" {
-		return hashKey(os.Stdin, stdout, stderr)
-	}
-	demo := false
-	if len(args) > 0 && args[0] == "demo" {
-		demo, args = true, args[1:]
-	}
 	fs := flag.NewFlagSet("deskgate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "config.yaml", "path of the YAML configuration")
 	checkOnly := fs.Bool("check-config", false, "validate the configuration and exit: 0 if valid, 1 with every error on stderr")
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	listen := fs.String("listen", "", "public listen address, instead of server.listen (env DESKGATE_LISTEN)")
+	adminListen := fs.String("admin-listen", "", "admin listen address, instead of admin.listen (env DESKGATE_ADMIN_LISTEN)")
+	// -h prints the usage on stdout and exits 0; a bad flag gets its error
+	// and a pointer to -h on stderr, exit 2.
+	fs.Usage = func() {}
+	help := func() int {
+		fmt.Fprint(stdout, usageText)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	// Flags, then an optional subcommand, then more flags.
+	parse := func(args []string) (int, bool) {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return help(), false
+			}
+			fmt.Fprintln(stderr, "deskgate -h for help")
+			return 2, false
+		}
+		return 0, true
+	}
+	if code, ok := parse(args); !ok {
+		return code
+	}
+	cmd := ""
+	if fs.NArg() > 0 {
+		cmd = fs.Arg(0)
+		switch cmd {
+		case "demo", "hash-key":
+			if code, ok := parse(fs.Args()[1:]); !ok {
+				return code
+			}
+		case "help":
+			return help()
+		default:
+			fmt.Fprintf(stderr, "deskgate: unknown command %q (commands: demo, hash-key; flags go before or after them; deskgate -h for help)\n", cmd)
+			return 2
+		}
+	}
+	if cmd == "hash-key" {
+		set := 0
+		fs.Visit(func(*flag.Flag) { set++ })
+		if fs.NArg() > 0 || set > 0 {
+			_, _ = io.WriteString(stderr, hashKeyArgs)
+			return 2
+		}
+		return hashKey(os.Stdin, stdout, stderr)
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "deskgate: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "deskgate: unexpected argument %q (deskgate -h for help)\n", fs.Arg(0))
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintf(stdout, "deskgate %s %s\n", buildVersion(), runtime.Version())
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	}
+	over := listenOverrides{}
+	over.server, over.serverFrom = pick(fs, "listen", *listen, "DESKGATE_LISTEN")
+	over.admin, over.adminFrom = pick(fs, "admin-listen", *adminListen, "DESKGATE_ADMIN_LISTEN")
 	// The file's version is taken before it is read: a change that lands
 	// during start-up is then seen by watch_config.
 	loaded := stampOf(*configPath)
@@ -97,20 +210,111 @@ func run(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, *configPath, err)
 		return 1
 	}
+	if err := over.apply(cfg, true); err != nil {
+		fmt.Fprintf(stderr, "deskgate: %v\n", err)
+		return 2
+	}
 	if *checkOnly {
 		fmt.Fprintf(stdout, "%s: configuration is valid (%d routes)\n", *configPath, len(cfg.Routes))
 		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cmd == "demo" {
+		// `go run` neither forwards a signal sent to it nor, when it
+		// dies, stops its child: the demo goes when its parent does.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go watchParent(ctx, os.Getppid(), time.Second, cancel)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := serve(ctx, cfg, *configPath, loaded, demo, hup, stdout); err != nil {
+	if err := serveWith(ctx, cfg, *configPath, loaded, cmd == "demo", hup, stdout, over); err != nil {
 		fmt.Fprintf(stderr, "deskgate: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// pick returns the value of a listen override: the flag if set, else the
+// environment variable if not empty, else "" (the file's), and where it
+// came from.
+func pick(fs *flag.FlagSet, name, value, env string) (string, string) {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	if set {
+		return value, "-" + name
+	}
+	if v := os.Getenv(env); v != "" {
+		return v, env
+	}
+	return "", ""
+}
+
+// listenOverrides are the listen addresses given by flag or environment.
+// They win over the file's at start-up and on every reload, since listen
+// addresses never change on reload (SPEC §5): a second local replica
+// needs no copied config.
+type listenOverrides struct {
+	server, serverFrom string // "" keeps server.listen
+	admin, adminFrom   string // "" keeps admin.listen
+}
+
+// apply sets the overridden addresses in cfg; at start-up it also checks
+// them, naming the flag or variable they came from.
+func (o listenOverrides) apply(cfg *config.Config, check bool) error {
+	if o.server != "" {
+		cfg.Server.Listen = o.server
+	}
+	if o.admin != "" {
+		cfg.Admin.Listen = o.admin
+	}
+	if !check {
+		return nil
+	}
+	for _, a := range []struct{ addr, from string }{{o.server, o.serverFrom}, {o.admin, o.adminFrom}} {
+		if a.addr == "" {
+			continue
+		}
+		_, port, err := net.SplitHostPort(a.addr)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("%s: want host:port or :port, got %q", a.from, a.addr)
+		}
+	}
+	if (o.server != "" || o.admin != "") && cfg.Server.Listen == cfg.Admin.Listen {
+		return fmt.Errorf("the public and admin listen addresses are both %q (%s)", cfg.Server.Listen, strings.TrimPrefix(o.serverFrom+" "+o.adminFrom, " "))
+	}
+	return nil
+}
+
+// errParentExited ends the demo when the process that started it is gone.
+var errParentExited = errors.New("parent process exited")
+
+// watchParent calls stop when the process's parent changes from ppid (the
+// kernel re-parents an orphan to init or a subreaper), checking every
+// interval. Polling getppid works on every Unix, needs no thread-bound
+// prctl(PR_SET_PDEATHSIG) and costs one system call a second. A process
+// started by init (ppid 1) or from outside its PID namespace (0) has no
+// parent to watch.
+func watchParent(ctx context.Context, ppid int, every time.Duration, stop context.CancelCauseFunc) {
+	if ppid <= 1 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if os.Getppid() != ppid {
+			stop(errParentExited)
+			return
+		}
+	}
 }
 
 // hashKey reads one API key on stdin and prints its SHA-256 in hex, the
@@ -174,6 +378,7 @@ type app struct {
 	keysMu       sync.Mutex
 	keys         *auth.RedisStore
 	keysCfg      config.AuthStoreSettings
+	listen       listenOverrides
 	current      atomic.Pointer[proxy.Gateway]
 	cfg          atomic.Pointer[config.Config]
 	ready        atomic.Bool
@@ -234,6 +439,7 @@ func (a *app) reload(path string) {
 	cfg, err := config.Load(path)
 	var gw *proxy.Gateway
 	if err == nil {
+		_ = a.listen.apply(cfg, false)
 		gw, err = a.build(cfg)
 	}
 	if err != nil {
@@ -269,8 +475,14 @@ func (a *app) reload(path string) {
 // serve runs the gateway of cfg, loaded from path when the file was at
 // version loaded, until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
+	return serveWith(ctx, cfg, path, loaded, demo, hup, stdout, listenOverrides{})
+}
+
+// serveWith is serve with the listen overrides of the command line, which
+// every reloaded config gets too.
+func serveWith(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer, listen listenOverrides) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
-	a := &app{level: new(slog.LevelVar)}
+	a := &app{level: new(slog.LevelVar), listen: listen}
 	a.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
 	defer a.out.Close()
 	a.log = newLogger(a.out, cfg.Log, a.level)
@@ -379,7 +591,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStam
 	a.ready.Store(false)
 	final := a.cfg.Load().Server
 	timeout := final.ShutdownTimeout.D()
-	a.log.Info("shutting down", "delay", final.ShutdownDelay.D().String(), "timeout", timeout.String())
+	a.log.Info("shutting down", "reason", context.Cause(ctx).Error(), "delay", final.ShutdownDelay.D().String(), "timeout", timeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	// Keep accepting while load balancers notice /readyz failing.
