@@ -559,7 +559,8 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 		"routes", len(cfg.Routes),
 		"rate_limit_store", a.limiter.StoreName(),
 		"rate_limit_fallback_active", a.limiter.FallbackActive(),
-		"redis", redisTopology(cfg.Redis))
+		"redis", redisTopology(cfg.Redis),
+		"key_store", keyStoreName(cfg.Auth))
 
 	changed := make(chan struct{}, 1)
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -665,6 +666,18 @@ func redisTopology(cfg config.Redis) string {
 		return "none"
 	}
 	return ratelimit.Describe(cfg)
+}
+
+// keyStoreName names auth.store for the start-up log: "none", "file
+// (path)" or "redis (prefix)".
+func keyStoreName(a config.Auth) string {
+	switch a.Store {
+	case "file":
+		return "file (" + a.File + ")"
+	case "redis":
+		return "redis (" + a.RedisPrefix + ")"
+	}
+	return a.Store
 }
 
 // startDemoUpstream serves the example SupportDesk API on the host and

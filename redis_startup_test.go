@@ -5,6 +5,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -60,8 +61,9 @@ func TestStartupRedisDown(t *testing.T) {
 		t.Errorf("start-up warnings %v, want one WARN with reason unreachable", down)
 	}
 	started := logLines(t, logs, "deskgate started")
-	if len(started) != 1 || started[0]["rate_limit_store"] != "redis" || started[0]["rate_limit_fallback_active"] != true {
-		t.Errorf("start line %v, want rate_limit_store redis and rate_limit_fallback_active true", started)
+	if len(started) != 1 || started[0]["rate_limit_store"] != "local fallback" || started[0]["rate_limit_fallback_active"] != true ||
+		!strings.HasPrefix(fmt.Sprint(started[0]["redis"]), "redis://127.0.0.1:") || started[0]["key_store"] != "none" {
+		t.Errorf("start line %v, want rate_limit_store \"local fallback\", rate_limit_fallback_active true, the Redis address and the key store", started)
 	}
 	if code, body, _ := p.get("http://"+p.pub+"/api/v1/health", nil); code != 200 {
 		t.Fatalf("GET /api/v1/health: %d %s", code, body)

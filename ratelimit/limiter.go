@@ -172,12 +172,22 @@ func (l *Limiter) Close() {
 	l.local.Close()
 }
 
-// StoreName names the configured store for the start-up log.
+// StoreName names the store that decides now, for the start-up log:
+// "memory" without Redis, "redis" while it answers, and while it does not,
+// what redis.on_failure makes of it ("local fallback", "none (fail open)",
+// "none (fail closed)").
 func (l *Limiter) StoreName() string {
-	if l.redis == nil {
+	switch {
+	case l.redis == nil:
 		return "memory"
+	case l.healthy.Load():
+		return "redis"
+	case l.onFailure == FailOpen:
+		return "none (fail open)"
+	case l.onFailure == FailClosed:
+		return "none (fail closed)"
 	}
-	return "redis"
+	return "local fallback"
 }
 
 // FallbackActive reports whether redis.on_failure applies now, as

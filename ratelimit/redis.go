@@ -371,13 +371,26 @@ func (s slogPrintf) Printf(ctx context.Context, format string, v ...any) {
 	}
 }
 
-// Describe names the topology of cfg for the start-up log.
+// Describe names the Redis of cfg for the start-up log, without any
+// password: "redis://host:port/db" (or rediss://) for a URL, the address
+// for one server, "cluster(a, b, c)" for Cluster seeds and
+// "sentinel(master at a, b)" for Sentinel.
 func Describe(cfg config.Redis) string {
 	switch {
+	case cfg.URL != "":
+		u, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return "invalid url"
+		}
+		scheme := "redis"
+		if u.TLSConfig != nil {
+			scheme = "rediss"
+		}
+		return scheme + "://" + u.Addr + "/" + strconv.Itoa(u.DB)
 	case cfg.Cluster:
-		return "cluster(" + strconv.Itoa(len(cfg.Addrs)) + " seeds)"
+		return "cluster(" + strings.Join(cfg.Addrs, ", ") + ")"
 	case cfg.MasterName != "":
-		return "sentinel(" + cfg.MasterName + ")"
+		return "sentinel(" + cfg.MasterName + " at " + strings.Join(cfg.Addrs, ", ") + ")"
 	}
-	return "single"
+	return strings.Join(cfg.Addrs, ", ")
 }
