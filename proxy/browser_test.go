@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -134,10 +135,13 @@ func openInChromium(t *testing.T, chromium, url string, reports <-chan map[strin
 func TestBrowserCORS(t *testing.T) {
 	chromium := findChromium(t)
 
-	var h *harness
-	gatewayURL := func() string { return h.gw.URL }
+	// The gateway's address is known once it has started, after the
+	// page server: the page reads it through an atomic (the race
+	// detector cannot see that Chromium asks only after it is set).
+	var gw atomic.Pointer[string]
+	gatewayURL := func() string { return *gw.Load() }
 	allowedPage, allowedReports := pageServer(t, gatewayURL)
-	h = newHarness(t, harnessOpt{
+	h := newHarness(t, harnessOpt{
 		env: map[string]string{"ORIGIN": allowedPage.URL},
 		upstream: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
@@ -156,6 +160,7 @@ routes:
   - {pattern: "POST /api/v1/tickets", auth: public}
   - {pattern: "/api/v1/", auth: secret}
 `})
+	gw.Store(&h.gw.URL)
 
 	res := openInChromium(t, chromium, allowedPage.URL+"/", allowedReports)
 	want := map[string]func(browserResult) bool{
