@@ -18,6 +18,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
 	"github.com/innovartx/deskgate/config"
@@ -82,6 +84,9 @@ type Gateway struct {
 	// writeTimeout is server.write_timeout, applied by the listener.
 	readTimeout  time.Duration
 	writeTimeout time.Duration
+	// quotaStore counts the quotas (SPEC §9), nil without any.
+	quotaStore       ratelimit.QuotaStore
+	shadowRejections *prometheus.CounterVec
 }
 
 // New builds the gateway for o.Config, which must be valid.
@@ -126,6 +131,9 @@ func New(o Options) (*Gateway, error) {
 	}
 
 	if err := g.buildRoutes(cfg, o, codes); err != nil {
+		return nil, err
+	}
+	if err := g.buildQuotas(cfg, o); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -242,6 +250,9 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 				abort = true
 			}
 		}
+	}
+	if st.holds != nil {
+		g.settleQuotas(st, r, abort)
 	}
 	if st.hasBody {
 		st.endBody(g.readTimeout)
