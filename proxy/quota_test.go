@@ -351,3 +351,66 @@ func TestQuotaTwoGatewaysShareRedis(t *testing.T) {
 		})
 	}
 }
+
+// TestQuotaRedisCommands measures what a quota costs in Redis (for
+// BENCHMARKS.md): commands per request on a route with a quota and on one
+// without, on a real redis-server, each request a round trip of its own.
+func TestQuotaRedisCommands(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	l := ratelimit.NewLimiter(ratelimit.LimiterOptions{
+		Redis:   ratelimit.NewRedis(client),
+		Local:   ratelimit.NewMemory(time.Hour),
+		Timeout: time.Second,
+		Metrics: metrics.New(prometheus.NewRegistry(), "test"),
+	})
+	t.Cleanup(l.Close)
+	cfg := strings.Replace(quotaConfig, "limit: 3}", "limit: 1000}", 1)
+	h := newHarness(t, harnessOpt{yaml: cfg, upstream: statusUpstream(), limiter: l})
+	ctx := context.Background()
+	// Warm: the scripts loaded.
+	h.do("POST", "/api/v1/tickets", "", "X-API-Key", pkLive)
+	h.do("GET", "/api/v1/customers", "", "X-API-Key", skLive)
+	const n = 20
+	count := func(path, method, key string) (calls map[string]int64) {
+		if err := client.ConfigResetStat(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			if res := h.do(method, path, "", "X-API-Key", key); res.StatusCode != 200 {
+				t.Fatalf("%s %s: %d", method, path, res.StatusCode)
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // settling ends after the answer
+		info, err := client.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls = map[string]int64{}
+		for _, line := range strings.Split(info, "\r\n") {
+			name, rest, ok := strings.Cut(strings.TrimPrefix(line, "cmdstat_"), ":calls=")
+			if !ok || !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(name, "config") || name == "info" {
+				continue
+			}
+			v, _, _ := strings.Cut(rest, ",")
+			x, _ := strconv.ParseInt(v, 10, 64)
+			calls[name] = x
+		}
+		return calls
+	}
+	without := count("/api/v1/customers", "GET", skLive)
+	with := count("/api/v1/tickets", "POST", pkLive)
+	total := func(m map[string]int64) (s int64) {
+		for _, v := range m {
+			s += v
+		}
+		return s
+	}
+	// Every call is a script (a round trip each); the other commands
+	// run inside them.
+	t.Logf("per request: without a quota %d round trips, %.1f commands %v; with a quota %d round trips, %.1f commands %v",
+		without["evalsha"]/n, float64(total(without))/n, without, with["evalsha"]/n, float64(total(with))/n, with)
+	if without["evalsha"] != n || with["evalsha"] != 3*n {
+		t.Errorf("script calls: %d without, %d with a quota over %d requests; want 1 and 3 per request", without["evalsha"], with["evalsha"], n)
+	}
+}
