@@ -18,8 +18,6 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
 	"github.com/innovartx/deskgate/config"
@@ -85,8 +83,7 @@ type Gateway struct {
 	readTimeout  time.Duration
 	writeTimeout time.Duration
 	// quotaStore counts the quotas (SPEC §9), nil without any.
-	quotaStore       ratelimit.QuotaStore
-	shadowRejections *prometheus.CounterVec
+	quotaStore ratelimit.QuotaStore
 }
 
 // New builds the gateway for o.Config, which must be valid.

@@ -9,11 +9,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
 	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/ratelimit"
 )
 
@@ -36,7 +35,7 @@ type quotaRule struct {
 	mux    *http.ServeMux // the quota's pattern, with the rule as handler
 	shadow bool
 
-	committed, released, refused prometheus.Counter
+	counts *metrics.QuotaCounters
 }
 
 // ServeHTTP lets a rule stand in its ServeMux, which is only asked
@@ -67,23 +66,22 @@ func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
 		return errors.New("quotas: the rate-limit store cannot count quotas")
 	}
 	g.quotaStore = qs
-	g.shadowRejections = o.Metrics.ShadowRejections
 	var rules []*quotaRule
 	for i, qc := range cfg.Quotas {
 		qr := &quotaRule{cfg: qc, q: ratelimit.NewQuota(qc.Name), mux: http.NewServeMux(), shadow: qc.Shadow()}
 		if err := config.Register(qr.mux, qc.Match, qr); err != nil {
 			return fmt.Errorf("quotas[%d].match: %w", i, err)
 		}
-		m := o.Metrics.QuotaReservations
-		qr.committed = m.WithLabelValues(qc.Name, "committed")
-		qr.released = m.WithLabelValues(qc.Name, "released")
-		qr.refused = m.WithLabelValues(qc.Name, "refused")
+		qr.counts = o.Metrics.ForQuota(qc.Name)
 		rules = append(rules, qr)
 	}
 	for _, rt := range g.routes {
 		for _, qr := range rules {
 			if config.PatternsMayOverlap(rt.pattern, qr.cfg.Match) {
 				rt.quotas = append(rt.quotas, qr)
+				if qr.shadow {
+					rt.metrics.Shadow(string(apierror.PlanLimitReached))
+				}
 			}
 		}
 	}
@@ -137,10 +135,10 @@ func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *ap
 		st.quota = qr.cfg.Name
 		if qr.shadow {
 			st.shadow = apierror.PlanLimitReached
-			g.shadowRejections.WithLabelValues(st.route.Name(), string(apierror.PlanLimitReached)).Inc()
+			st.route.Shadow(string(apierror.PlanLimitReached)).Inc()
 			continue
 		}
-		qr.refused.Inc()
+		qr.counts.Refused.Inc()
 		details := make([]byte, 0, 96)
 		details = append(details, `{"quota":`...)
 		details = strconv.AppendQuote(details, qr.cfg.Name)
@@ -202,9 +200,9 @@ func (g *Gateway) settleQuotas(st *state, r *http.Request, aborted bool) {
 				slog.String("quota", h.rule.cfg.Name), slog.String("request_id", st.requestID), slog.String("error", err.Error()))
 		}
 		if commit {
-			h.rule.committed.Inc()
+			h.rule.counts.Committed.Inc()
 		} else {
-			h.rule.released.Inc()
+			h.rule.counts.Released.Inc()
 		}
 	}
 	st.holds = nil
