@@ -264,6 +264,9 @@ routes:
   - {pattern: "GET /api/v1/customers/{externalId}", auth: secret}
   - {pattern: "GET /api/v1/reports/", auth: secret, upstream: "http://{DEAD}"}
   - {pattern: "/api/v1/", auth: secret}
+quotas:
+  - {name: mix_reports, match: "GET /api/v1/reports/", limit: 1000000}
+  - {name: mix_reports_shadow, match: "GET /api/v1/reports/", limit: 1000000, mode: shadow}
 log: {level: info}
 `
 
@@ -404,6 +407,8 @@ var specMetrics = map[string]struct {
 	"deskgate_config_reloads_total":          {dto.MetricType_COUNTER, []string{"result"}},
 	"deskgate_config_last_reload_successful": {dto.MetricType_GAUGE, nil},
 	"deskgate_build_info":                    {dto.MetricType_GAUGE, []string{"goversion", "version"}},
+	"deskgate_quota_reservations_total":      {dto.MetricType_COUNTER, []string{"quota", "result"}}, // SPEC §9
+	"deskgate_shadow_rejections_total":       {dto.MetricType_COUNTER, []string{"code", "route"}},   // SPEC §10
 }
 
 // TestMetricsAfterTrafficMix guards SPEC §6's metrics end to end: after a

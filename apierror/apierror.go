@@ -28,6 +28,7 @@ const (
 	AuthKeyInvalid     Code = "AUTH_API_KEY_INVALID"
 	AuthKeyForbidden   Code = "AUTH_API_KEY_FORBIDDEN"
 	TooManyRequests    Code = "TOO_MANY_REQUESTS"
+	PlanLimitReached   Code = "PLAN_LIMIT_REACHED"
 	NotFound           Code = "NOT_FOUND"
 	MethodNotAllowed   Code = "METHOD_NOT_ALLOWED"
 	PayloadTooLarge    Code = "PAYLOAD_TOO_LARGE"
@@ -54,6 +55,7 @@ var defaults = map[Code]def{
 	AuthKeyInvalid:     {http.StatusUnauthorized, "Clé API invalide"},
 	AuthKeyForbidden:   {http.StatusForbidden, "Clé publique non autorisée sur cette route"},
 	TooManyRequests:    {http.StatusTooManyRequests, "Trop de requêtes, veuillez réessayer plus tard"},
+	PlanLimitReached:   {http.StatusForbidden, "Quota mensuel atteint pour votre offre"},
 	NotFound:           {http.StatusNotFound, "Ressource introuvable"},
 	MethodNotAllowed:   {http.StatusMethodNotAllowed, "Méthode non autorisée"},
 	PayloadTooLarge:    {http.StatusRequestEntityTooLarge, "Requête trop volumineuse"},
@@ -83,7 +85,7 @@ func Codes() []Code {
 // Own lists the codes deskgate answers itself (SPEC §1), as opposed to
 // those it only uses to normalise an upstream error.
 var Own = []Code{
-	AuthKeyMissing, AuthKeyInvalid, AuthKeyForbidden, TooManyRequests,
+	AuthKeyMissing, AuthKeyInvalid, AuthKeyForbidden, TooManyRequests, PlanLimitReached,
 	NotFound, MethodNotAllowed, PayloadTooLarge, BadGateway,
 	ServiceUnavailable, GatewayTimeout, Internal, HeadersTooLarge, BadRequest,
 	RequestTimeout,

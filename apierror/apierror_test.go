@@ -25,6 +25,7 @@ var specCodes = []struct {
 	{"AUTH_API_KEY_INVALID", 401, "Clé API invalide", true},
 	{"AUTH_API_KEY_FORBIDDEN", 403, "Clé publique non autorisée sur cette route", true},
 	{"TOO_MANY_REQUESTS", 429, "Trop de requêtes, veuillez réessayer plus tard", true},
+	{"PLAN_LIMIT_REACHED", 403, "Quota mensuel atteint pour votre offre", true},
 	{"NOT_FOUND", 404, "Ressource introuvable", true},
 	{"METHOD_NOT_ALLOWED", 405, "Méthode non autorisée", true},
 	{"PAYLOAD_TOO_LARGE", 413, "Requête trop volumineuse", true},

@@ -24,7 +24,7 @@ func badLookup(name string) (string, bool) {
 var badConfigs = map[string][]string{
 	// Unknown keys, at every level (SPEC §5 "Unknown keys are errors").
 	"unknown_top_level_key": {
-		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)`,
+		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
 	},
 	"unknown_nested_key": {
 		`server.lissten: unknown key; did you mean "listen"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
@@ -249,7 +249,7 @@ var badConfigs = map[string][]string{
 		`routes[0].cors: true needs cors.allowed_origins`,
 	},
 	"many_decode_errors": {
-		`serverr: unknown key; did you mean "server"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, watch_config, messages, log)`,
+		`serverr: unknown key; did you mean "server"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
 		"server.listen: want a string, got a list",
 		`server.idle_timeout: invalid duration "forever" (want e.g. 50ms, 10s, 1m)`,
 		`server.max_body_bytes: want an integer, got "10"`,

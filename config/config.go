@@ -27,6 +27,7 @@ type Config struct {
 	RateLimit   RateLimit         `yaml:"rate_limit"`
 	CORS        CORS              `yaml:"cors"`
 	Routes      []Route           `yaml:"routes"`
+	Quotas      []Quota           `yaml:"quotas"`
 	WatchConfig bool              `yaml:"watch_config"`
 	Messages    map[string]string `yaml:"messages"`
 	Log         Log               `yaml:"log"`
@@ -389,9 +390,12 @@ func Load(path string) (*Config, error) {
 		// An unknown plan is only worth reporting when the plans
 		// themselves were read without error.
 		checkPlans := !errs.touch("rate_limit.plans")
-		kf, kerr := loadKeyFile(cfg.KeyFilePath, cfg.RateLimit.Plans, checkPlans)
+		kf, kerr := loadKeyFile(cfg.KeyFilePath, cfg.keyFilePlans(), checkPlans)
 		errs = append(errs, kerr...)
 		cfg.KeyFile = kf
+		if kerr == nil && !errs.touch("quotas") {
+			errs = append(errs, cfg.checkQuotaPlans(kf)...)
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errs

@@ -28,6 +28,7 @@ func (c *Config) Validate() error {
 	c.validateRateLimit(&errs)
 	c.validateCORS(&errs)
 	c.validateRoutes(&errs)
+	c.validateQuotas(&errs)
 	for _, k := range sortedKeys(c.Messages) {
 		p := "messages." + k
 		if !apierror.Known(apierror.Code(k)) {

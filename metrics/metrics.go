@@ -37,6 +37,12 @@ type Metrics struct {
 	ConfigLastReloadOK prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 	CORSPreflights     *prometheus.CounterVec
+	// QuotaReservations counts monthly quota reservations by quota and
+	// result (committed, released, refused) (SPEC §9).
+	QuotaReservations *prometheus.CounterVec
+	// ShadowRejections counts the refusals a shadow-mode limit or quota
+	// would have made, by route pattern and code (SPEC §10).
+	ShadowRejections *prometheus.CounterVec
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -116,12 +122,21 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_cors_preflights_total",
 			Help: "CORS preflights answered by deskgate, by route pattern and result (allowed, refused).",
 		}, []string{"route", "result"}),
+		QuotaReservations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_quota_reservations_total",
+			Help: "Monthly quota reservations, by quota and result (committed: the upstream answered 2xx; released: any other outcome; refused: PLAN_LIMIT_REACHED).",
+		}, []string{"quota", "result"}),
+		ShadowRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "deskgate_shadow_rejections_total",
+			Help: "Requests a shadow-mode limit or quota would have refused and let through, by route pattern and code.",
+		}, []string{"route", "code"}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
+		m.QuotaReservations, m.ShadowRejections,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -38,6 +38,8 @@ type route struct {
 	// for one.
 	slots   *hostSlots
 	timeout time.Duration
+	// quotas are those whose pattern may match the route's requests.
+	quotas []*quotaRule
 }
 
 // ServeHTTP lets a route stand in ServeMux, which the gateway only asks

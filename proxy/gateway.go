@@ -82,6 +82,8 @@ type Gateway struct {
 	// writeTimeout is server.write_timeout, applied by the listener.
 	readTimeout  time.Duration
 	writeTimeout time.Duration
+	// quotaStore counts the quotas (SPEC §9), nil without any.
+	quotaStore ratelimit.QuotaStore
 }
 
 // New builds the gateway for o.Config, which must be valid.
@@ -126,6 +128,9 @@ func New(o Options) (*Gateway, error) {
 	}
 
 	if err := g.buildRoutes(cfg, o, codes); err != nil {
+		return nil, err
+	}
+	if err := g.buildQuotas(cfg, o); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -242,6 +247,9 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 				abort = true
 			}
 		}
+	}
+	if st.holds != nil {
+		g.settleQuotas(st, r, abort)
 	}
 	if st.hasBody {
 		st.endBody(g.readTimeout)

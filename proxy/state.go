@@ -45,6 +45,12 @@ type state struct {
 	code apierror.Code
 	// cause is what made deskgate answer an error itself, for the log.
 	cause error
+	// shadow is the code a shadow-mode limit would have answered (SPEC
+	// §10), for the log; quota names the quota that refused (or would
+	// have), and holds are the quota slots to settle (quota.go).
+	shadow apierror.Code
+	quota  string
+	holds  []quotaHold
 
 	proxyStart time.Time
 	upstream   time.Duration

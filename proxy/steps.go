@@ -37,6 +37,11 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 			return err
 		}
 	}
+	if rt.quotas != nil {
+		if err := rt.reserveQuotas(st, r, id); err != nil {
+			return err
+		}
+	}
 	rt.upstreamHeaders(st, r, id)
 	if err := rt.acquire(st, r); err != nil {
 		return err

@@ -16,6 +16,7 @@ type Memory struct {
 
 	mu      sync.RWMutex
 	buckets map[string]*memBucket
+	quota   memQuotas // quota.go
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -244,6 +245,7 @@ func (m *Memory) sweepLoop(every time.Duration) {
 // longest window of its bucket (for GCRA: whose bucket is full again). It
 // runs in the background; tests call it directly.
 func (m *Memory) Sweep() {
+	m.sweepQuotas()
 	m.mu.RLock()
 	buckets := make([]*memBucket, 0, len(m.buckets))
 	for _, b := range m.buckets {

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/innovartx/deskgate/apierror"
+	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/ratelimit"
+)
+
+// Monthly plan quotas (SPEC §9). A request that a quota's pattern matches
+// reserves a slot after the rate limit ([route.reserveQuotas]) and settles
+// it once the exchange is over ([Gateway.settleQuotas], from finish): a
+// commit when the upstream answered 2xx, a release on any other outcome
+// (an error of the upstream or of deskgate, a timeout, a client gone, a
+// panic). Routes whose pattern cannot overlap any quota's carry none and
+// pay nothing.
+
+// quotaMargin is added to the route's upstream timeout to make a
+// reservation's ttl: a replica that dies holding a slot frees it then.
+const quotaMargin = 10 * time.Second
+
+// quotaRule is one compiled quota.
+type quotaRule struct {
+	cfg    config.Quota
+	q      *ratelimit.Quota
+	mux    *http.ServeMux // the quota's pattern, with the rule as handler
+	shadow bool
+
+	counts *metrics.QuotaCounters
+}
+
+// ServeHTTP lets a rule stand in its ServeMux, which is only asked
+// whether a request matches.
+func (*quotaRule) ServeHTTP(http.ResponseWriter, *http.Request) {}
+
+// matches reports whether r is one of the requests the quota counts.
+func (qr *quotaRule) matches(r *http.Request) bool {
+	h, _ := qr.mux.Handler(r)
+	return h == http.Handler(qr)
+}
+
+// quotaHold is a slot a request holds until it is settled.
+type quotaHold struct {
+	rule *quotaRule
+	k    ratelimit.Key
+	res  ratelimit.Reservation
+}
+
+// buildQuotas compiles cfg's quotas and gives each route the ones whose
+// pattern may overlap its own.
+func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
+	if len(cfg.Quotas) == 0 {
+		return nil
+	}
+	qs, ok := o.Limiter.(ratelimit.QuotaStore)
+	if !ok {
+		return errors.New("quotas: the rate-limit store cannot count quotas")
+	}
+	g.quotaStore = qs
+	var rules []*quotaRule
+	for i, qc := range cfg.Quotas {
+		qr := &quotaRule{cfg: qc, q: ratelimit.NewQuota(qc.Name), mux: http.NewServeMux(), shadow: qc.Shadow()}
+		if err := config.Register(qr.mux, qc.Match, qr); err != nil {
+			return fmt.Errorf("quotas[%d].match: %w", i, err)
+		}
+		qr.counts = o.Metrics.ForQuota(qc.Name)
+		rules = append(rules, qr)
+	}
+	for _, rt := range g.routes {
+		for _, qr := range rules {
+			if config.PatternsMayOverlap(rt.pattern, qr.cfg.Match) {
+				rt.quotas = append(rt.quotas, qr)
+				if qr.shadow {
+					rt.metrics.Shadow(string(apierror.PlanLimitReached))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// identityKey is the rate limit's identity of the request (SPEC §4), which
+// quotas count by too.
+func (rt *route) identityKey(st *state, id auth.Identity) ratelimit.Key {
+	switch {
+	case rt.keyByIP:
+		return ratelimit.KeyFromAddr(st.clientIP)
+	case id.AppID != "" && rt.keyBy == "app":
+		return ratelimit.KeyFromApp(id.AppID)
+	}
+	return ratelimit.KeyFromHash(id.Key.Hash)
+}
+
+// reserveQuotas reserves a slot of every quota that counts r, adds each to
+// the RateLimit headers, and refuses with 403 PLAN_LIMIT_REACHED when one
+// is used up (a shadow quota only records it). On a refusal, the slots
+// already reserved for r are released by settleQuotas.
+func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *apierror.Error {
+	g := rt.g
+	var k ratelimit.Key
+	keyed := false
+	for _, qr := range rt.quotas {
+		if !qr.matches(r) {
+			continue
+		}
+		if !keyed {
+			k, keyed = rt.identityKey(st, id), true
+		}
+		limit := qr.cfg.LimitFor(id.Plan)
+		d, err := g.quotaStore.Reserve(r.Context(), qr.q, k, limit, rt.timeout+quotaMargin)
+		if err != nil {
+			if r.Context().Err() != nil {
+				st.canceled = true
+				st.cause = err
+				return errAbandoned
+			}
+			return apierror.New(apierror.ServiceUnavailable, fmt.Errorf("quota %s: %w", qr.cfg.Name, err))
+		}
+		addQuotaHeaders(st.w.Header(), qr.cfg.Name, d)
+		if d.Held() {
+			st.holds = append(st.holds, quotaHold{rule: qr, k: k, res: d.Reservation})
+		}
+		if d.Allowed {
+			continue
+		}
+		st.quota = qr.cfg.Name
+		if qr.shadow {
+			st.shadow = apierror.PlanLimitReached
+			st.route.Shadow(string(apierror.PlanLimitReached)).Inc()
+			continue
+		}
+		qr.counts.Refused.Inc()
+		details := make([]byte, 0, 96)
+		details = append(details, `{"quota":`...)
+		details = strconv.AppendQuote(details, qr.cfg.Name)
+		details = append(details, `,"limit":`...)
+		details = strconv.AppendInt(details, limit, 10)
+		details = append(details, `,"resets_at":"`...)
+		details = d.ResetAt.UTC().AppendFormat(details, time.RFC3339)
+		details = append(details, `"}`...)
+		return &apierror.Error{Code: apierror.PlanLimitReached, Details: details}
+	}
+	return nil
+}
+
+// addQuotaHeaders adds the quota as one more item of RateLimit-Policy and
+// RateLimit (SPEC §9): `"tickets";q=100;w=<seconds of the month>` and
+// `"tickets";r=<remaining>;t=<seconds to the reset>`.
+func addQuotaHeaders(h http.Header, name string, d ratelimit.QuotaDecision) {
+	b := make([]byte, 0, 64)
+	b = strconv.AppendQuote(b, name)
+	b = append(b, ";q="...)
+	b = strconv.AppendInt(b, d.Limit, 10)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, int64(d.Period/time.Second), 10)
+	appendItem(h, "Ratelimit-Policy", string(b))
+	if d.Remaining < 0 {
+		return // not counted (on_failure: allow)
+	}
+	b = strconv.AppendQuote(b[:0], name)
+	b = append(b, ";r="...)
+	b = strconv.AppendInt(b, d.Remaining, 10)
+	b = append(b, ";t="...)
+	b = strconv.AppendInt(b, ceilSeconds(d.ResetIn), 10)
+	appendItem(h, "Ratelimit", string(b))
+}
+
+// appendItem adds item to the structured-field list of header key. The
+// values already there may be shared: never written in place.
+func appendItem(h http.Header, key, item string) {
+	if v := h[key]; len(v) > 0 && v[0] != "" {
+		h[key] = []string{v[0] + ", " + item}
+		return
+	}
+	h[key] = []string{item}
+}
+
+// settleQuotas commits the request's slots when the upstream answered 2xx
+// and releases them otherwise. It runs in finish, after the answer (and
+// after a recovered panic); a committed answer is flushed first, so that
+// the client does not wait on the store.
+func (g *Gateway) settleQuotas(st *state, r *http.Request, aborted bool) {
+	commit := !st.ownReply && !st.proxyStart.IsZero() && st.w.status >= 200 && st.w.status < 300
+	if commit && !aborted {
+		_ = http.NewResponseController(&st.w).Flush()
+	}
+	ctx := context.WithoutCancel(r.Context())
+	for _, h := range st.holds {
+		if err := g.quotaStore.Settle(ctx, h.rule.q, h.k, h.res, commit); err != nil {
+			g.log.LogAttrs(ctx, slog.LevelWarn, "quota settle failed",
+				slog.String("quota", h.rule.cfg.Name), slog.String("request_id", st.requestID), slog.String("error", err.Error()))
+		}
+		if commit {
+			h.rule.counts.Committed.Inc()
+		} else {
+			h.rule.counts.Released.Inc()
+		}
+	}
+	st.holds = nil
+}

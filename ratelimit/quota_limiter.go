@@ -1,0 +1,67 @@
+package ratelimit
+
+import (
+	"context"
+	"time"
+)
+
+// Reserve takes a slot of q for k: in Redis when it is configured and
+// healthy, else by redis.on_failure — in process (local: the month's
+// count starts from what this replica saw, see README "Monthly quotas"),
+// not counted (allow), or [ErrUnavailable] (deny). A Redis call that
+// times out may still have reserved a slot: it is freed when it expires.
+func (l *Limiter) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {
+	if l.redis == nil {
+		return l.local.Reserve(ctx, q, k, limit, ttl)
+	}
+	if !l.healthy.Load() {
+		return l.quotaFailed(ctx, q, k, limit, ttl)
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.timeout)
+	d, err := l.redis.Reserve(cctx, q, k, limit, ttl)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return QuotaDecision{}, ctx.Err()
+		}
+		l.storeErrors.Inc()
+		l.markDown(err, k)
+		return l.quotaFailed(ctx, q, k, limit, ttl)
+	}
+	return d, nil
+}
+
+// quotaFailed applies redis.on_failure to a reservation.
+func (l *Limiter) quotaFailed(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {
+	switch l.onFailure {
+	case FailOpen:
+		now := time.Now()
+		start, next := monthBounds(now)
+		return QuotaDecision{Allowed: true, Limit: limit, Remaining: -1, ResetAt: next, ResetIn: next.Sub(now), Period: next.Sub(start)}, nil
+	case FailClosed:
+		return QuotaDecision{}, ErrUnavailable
+	}
+	return l.local.Reserve(ctx, q, k, limit, ttl)
+}
+
+// Settle commits or releases r in the store that holds it, within
+// redis.timeout. A failure is counted as a store error: the slot is then
+// lost to the count (commit) or held until it expires (release).
+func (l *Limiter) Settle(ctx context.Context, q *Quota, k Key, r Reservation, commit bool) error {
+	if !r.Held() {
+		return nil
+	}
+	if r.store == storeMemory || l.redis == nil {
+		return l.local.Settle(ctx, q, k, r, commit)
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.timeout)
+	err := l.redis.Settle(cctx, q, k, r, commit)
+	cancel()
+	if err != nil {
+		l.storeErrors.Inc()
+		if ctx.Err() == nil {
+			l.markDown(err, k)
+		}
+	}
+	return err
+}
