@@ -174,9 +174,11 @@ type app struct {
 	keysMu       sync.Mutex
 	keys         *auth.RedisStore
 	keysCfg      config.AuthStoreSettings
-	current      atomic.Pointer[proxy.Gateway]
-	cfg          atomic.Pointer[config.Config]
-	ready        atomic.Bool
+	// upstream429 remembers the upstream's 429s across reloads.
+	upstream429 *proxy.UpstreamLimits
+	current     atomic.Pointer[proxy.Gateway]
+	cfg         atomic.Pointer[config.Config]
+	ready       atomic.Bool
 }
 
 // keyStore returns the key store of cfg. The Redis store (and its cache)
@@ -224,6 +226,8 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 		Limiter:       a.limiter,
 		Metrics:       a.metrics,
 		Logger:        a.log,
+
+		UpstreamLimits: a.upstream429,
 	})
 }
 
@@ -270,7 +274,7 @@ func (a *app) reload(path string) {
 // version loaded, until ctx ends.
 func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
-	a := &app{level: new(slog.LevelVar)}
+	a := &app{level: new(slog.LevelVar), upstream429: proxy.NewUpstreamLimits(0)}
 	a.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
 	defer a.out.Close()
 	a.log = newLogger(a.out, cfg.Log, a.level)

@@ -40,6 +40,12 @@ func (a *accessWriter) write(st *state, method, path string, status int, level s
 	if st.code != "" {
 		e.str("code", string(st.code))
 	}
+	if st.shadow != "" {
+		e.str("shadow", string(st.shadow))
+	}
+	if st.limitedBy != "" {
+		e.str("limited_by", st.limitedBy)
+	}
 	e.millis("duration_ms", elapsed)
 	if st.upstream > 0 {
 		e.millis("upstream_ms", st.upstream)

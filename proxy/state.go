@@ -45,6 +45,12 @@ type state struct {
 	code apierror.Code
 	// cause is what made deskgate answer an error itself, for the log.
 	cause error
+	// shadow is the code a budget in shadow mode would have answered
+	// (SPEC §10): the request was forwarded instead.
+	shadow apierror.Code
+	// limitedBy is "upstream" when the refusal (or shadow refusal) came
+	// from the upstream's own 429 Retry-After, not deskgate's budget.
+	limitedBy string
 
 	proxyStart time.Time
 	upstream   time.Duration
