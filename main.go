@@ -7,6 +7,7 @@
 //
 //	deskgate [-config config.yaml] [-check-config] [-version]
 //	deskgate demo [-config config.yaml]
+//	deskgate budget [-admin 127.0.0.1:9090] < key
 //
 // `demo` also serves the example SupportDesk upstream at upstream.url, in
 // the same process, for the quick start.
@@ -68,6 +69,9 @@ func buildVersion() string {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "hash-key" {
 		return hashKey(os.Stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "budget" {
+		return budgetCmd(args[1:], os.Stdin, stdout, stderr)
 	}
 	demo := false
 	if len(args) > 0 && args[0] == "demo" {
@@ -405,6 +409,7 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 		Registry:          reg,
 		EnableOpenMetrics: true,
 	}))
+	mux.HandleFunc("GET /budget", a.serveBudget)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
