@@ -8,6 +8,7 @@
 //	deskgate [-config config.yaml] [-check-config] [-version] [-listen addr] [-admin-listen addr]
 //	deskgate demo [flags]
 //	deskgate hash-key < key
+//	deskgate budget [-admin 127.0.0.1:9090] < key
 //
 // Flags may come before or after the subcommand. `demo` also serves the
 // example SupportDesk upstream at upstream.url, in the same process, for
@@ -118,6 +119,9 @@ const usageText = `Usage:
   deskgate hash-key < key     read an API key on stdin, print its SHA-256 hex
                               (never on the command line: shell history and
                               ps would keep it)
+  deskgate budget [-admin 127.0.0.1:9090] < key
+                              print a key's budgets (admin GET /budget),
+                              without spending any; the key on stdin too
 
 Flags go before or after the subcommand (deskgate -config x.yaml demo).
 The listen addresses are taken from -listen/-admin-listen, else from
@@ -137,6 +141,10 @@ const hashKeyArgs = `deskgate hash-key: takes no argument and no flag; it reads 
 
 // run is main with its exit code returned, so that tests can call it.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "budget" {
+		// budget has flags of its own (-admin) and reads no config.
+		return budgetCmd(args[1:], os.Stdin, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("deskgate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "config.yaml", "path of the YAML configuration")
@@ -175,10 +183,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if code, ok := parse(fs.Args()[1:]); !ok {
 				return code
 			}
+		case "budget":
+			return budgetCmd(fs.Args()[1:], os.Stdin, stdout, stderr)
 		case "help":
 			return help()
 		default:
-			fmt.Fprintf(stderr, "deskgate: unknown command %q (commands: demo, hash-key; flags go before or after them; deskgate -h for help)\n", cmd)
+			fmt.Fprintf(stderr, "deskgate: unknown command %q (commands: demo, hash-key, budget; flags go before or after them; deskgate -h for help)\n", cmd)
 			return 2
 		}
 	}
@@ -379,9 +389,11 @@ type app struct {
 	keys         *auth.RedisStore
 	keysCfg      config.AuthStoreSettings
 	listen       listenOverrides
-	current      atomic.Pointer[proxy.Gateway]
-	cfg          atomic.Pointer[config.Config]
-	ready        atomic.Bool
+	// upstream429 remembers the upstream's 429s across reloads.
+	upstream429 *proxy.UpstreamLimits
+	current     atomic.Pointer[proxy.Gateway]
+	cfg         atomic.Pointer[config.Config]
+	ready       atomic.Bool
 }
 
 // keyStore returns the key store of cfg. The Redis store (and its cache)
@@ -429,6 +441,8 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 		Limiter:       a.limiter,
 		Metrics:       a.metrics,
 		Logger:        a.log,
+
+		UpstreamLimits: a.upstream429,
 	})
 }
 
@@ -482,7 +496,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStam
 // every reloaded config gets too.
 func serveWith(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer, listen listenOverrides) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
-	a := &app{level: new(slog.LevelVar), listen: listen}
+	a := &app{level: new(slog.LevelVar), listen: listen, upstream429: proxy.NewUpstreamLimits(0)}
 	a.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
 	defer a.out.Close()
 	a.log = newLogger(a.out, cfg.Log, a.level)
@@ -614,6 +628,7 @@ func (a *app) adminHandler(reg *prometheus.Registry) http.Handler {
 		Registry:          reg,
 		EnableOpenMetrics: true,
 	}))
+	mux.HandleFunc("GET /budget", a.serveBudget)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")

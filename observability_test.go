@@ -409,6 +409,7 @@ var specMetrics = map[string]struct {
 	"deskgate_build_info":                    {dto.MetricType_GAUGE, []string{"goversion", "version"}},
 	"deskgate_quota_reservations_total":      {dto.MetricType_COUNTER, []string{"quota", "result"}}, // SPEC §9
 	"deskgate_shadow_rejections_total":       {dto.MetricType_COUNTER, []string{"code", "route"}},   // SPEC §10
+	"deskgate_upstream_ratelimited_total":    {dto.MetricType_COUNTER, nil},                         // beyond the SPEC: README "Operating the limits"
 }
 
 // TestMetricsAfterTrafficMix guards SPEC §6's metrics end to end: after a
@@ -972,7 +973,7 @@ func TestAlertRules(t *testing.T) {
 	for _, name := range []string{
 		"DeskgateRateLimitFallback", "DeskgateRateLimitStoreErrors", "DeskgateUpstreamErrorRatio",
 		"DeskgateHigh5xxRatio", "DeskgateConfigReloadFailed", "DeskgateAuthRejectionSpike", "DeskgateDown",
-		"DeskgateRedisEvictionPolicy",
+		"DeskgateRedisEvictionPolicy", "DeskgateShadowLimitWouldRefuse",
 	} {
 		r, ok := alerts[name]
 		if !ok {
@@ -1206,6 +1207,26 @@ tests:
         alertname: DeskgateHigh5xxRatio
         exp_alerts:
           - exp_labels: {severity: critical, job: a}
+
+  # DeskgateShadowLimitWouldRefuse: route /a would refuse 5% of its
+  # requests under enforce, route /b 0.2%; only /a fires, after 30m of
+  # its 1h ratio above 1%.
+  - interval: 1m
+    input_series:
+      - series: 'deskgate_requests_total{job="deskgate",instance="a:9090",route="/a",method="GET",status="200"}'
+        values: '0+1000x120'
+      - series: 'deskgate_shadow_rejections_total{job="deskgate",instance="a:9090",route="/a",code="TOO_MANY_REQUESTS"}'
+        values: '0+50x120'
+      - series: 'deskgate_requests_total{job="deskgate",instance="a:9090",route="/b",method="GET",status="200"}'
+        values: '0+1000x120'
+      - series: 'deskgate_shadow_rejections_total{job="deskgate",instance="a:9090",route="/b",code="TOO_MANY_REQUESTS"}'
+        values: '0+2x120'
+    alert_rule_test:
+      - {eval_time: 20m, alertname: DeskgateShadowLimitWouldRefuse, exp_alerts: []}
+      - eval_time: 60m
+        alertname: DeskgateShadowLimitWouldRefuse
+        exp_alerts:
+          - exp_labels: {severity: info, job: deskgate, route: /a}
 
   # DeskgateAuthRejectionSpike: job a goes from 0.1/s to 10/s of invalid
   # keys at 70m; job b has rejected 10/s all along.

@@ -33,7 +33,16 @@ var badConfigs = map[string][]string{
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
 	},
 	"unknown_route_rate_limit_key": {
-		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
+		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers, mode)",
+	},
+
+	// Shadow mode and the upstream's 429 (SPEC §10).
+	"limit_modes": {
+		`rate_limit.mode: must be enforce or shadow, got "dry_run"`,
+		"rate_limit.max_upstream_retry_after: must not be negative",
+		`routes[1].rate_limit.mode: bucket "x" is also defined by routes[0] with mode "shadow"`,
+		`routes[2].rate_limit.mode: must be enforce or shadow, got "off"`,
+		"routes[3].rate_limit.bucket: required: a route's own rate_limit block names a separate budget",
 	},
 
 	// Values of the wrong kind.
@@ -257,7 +266,7 @@ var badConfigs = map[string][]string{
 		"upstream.timeout: must not be negative",
 		`watch_config: want true or false, got "yes"`,
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
-		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers)",
+		"routes[0].rate_limit.burst: unknown key (valid keys: bucket, algorithm, tiers, mode)",
 		`log: want a mapping of keys, got "info"`,
 	},
 	// Errors of different kinds in one file (issue 13 item 4, issue 20

@@ -164,6 +164,12 @@ type RateLimit struct {
 	Algorithm string          `yaml:"algorithm"`
 	Tiers     []Tier          `yaml:"tiers"`
 	Plans     map[string]Plan `yaml:"plans"`
+	// Mode is the global bucket's (and its plans'): enforce (default) or
+	// shadow (SPEC §10, README "Operating the limits").
+	Mode string `yaml:"mode"`
+	// MaxUpstreamRetryAfter caps how long an upstream 429's Retry-After
+	// makes deskgate refuse an identity itself; 0 turns that off.
+	MaxUpstreamRetryAfter Duration `yaml:"max_upstream_retry_after"`
 }
 
 // Plan holds the tiers of one plan, chosen by the app's plan.
@@ -207,6 +213,9 @@ type RouteRateLimit struct {
 	Algorithm string `yaml:"algorithm"`
 	// Tiers overrides rate_limit.tiers for this bucket.
 	Tiers []Tier `yaml:"tiers"`
+	// Mode is this bucket's: enforce (default) or shadow. It is not
+	// inherited from rate_limit.mode.
+	Mode string `yaml:"mode"`
 }
 
 // routeRateLimitBlock is the mapping form of [RouteRateLimit]; the key
@@ -215,6 +224,7 @@ type routeRateLimitBlock struct {
 	Bucket    string `yaml:"bucket"`
 	Algorithm string `yaml:"algorithm"`
 	Tiers     []Tier `yaml:"tiers"`
+	Mode      string `yaml:"mode"`
 }
 
 // UnmarshalYAML accepts a boolean or a block.
@@ -231,7 +241,7 @@ func (r *RouteRateLimit) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&blk); err != nil {
 		return err
 	}
-	*r = RouteRateLimit{Bucket: blk.Bucket, Algorithm: blk.Algorithm, Tiers: blk.Tiers}
+	*r = RouteRateLimit{Bucket: blk.Bucket, Algorithm: blk.Algorithm, Tiers: blk.Tiers, Mode: blk.Mode}
 	return nil
 }
 
@@ -326,8 +336,10 @@ func Default() *Config {
 			ForwardKey:       true,
 		},
 		RateLimit: RateLimit{
-			KeyBy:     "app",
-			Algorithm: "sliding_log",
+			KeyBy:                 "app",
+			Algorithm:             "sliding_log",
+			Mode:                  "enforce",
+			MaxUpstreamRetryAfter: Duration(time.Minute),
 			Tiers: []Tier{
 				{Limit: 3, Window: Win(time.Second)},
 				{Limit: 20, Window: Win(10 * time.Second)},

@@ -242,6 +242,10 @@ func (c *Config) validateRateLimit(errs *Errors) {
 		errs.add("rate_limit.key_by", "must be app, key or ip, got %q", rl.KeyBy)
 	}
 	checkAlgorithm(errs, "rate_limit.algorithm", rl.Algorithm, false)
+	checkMode(errs, "rate_limit.mode", rl.Mode)
+	if rl.MaxUpstreamRetryAfter < 0 {
+		errs.add("rate_limit.max_upstream_retry_after", "must not be negative (0 turns it off)")
+	}
 	checkTiers(errs, "rate_limit", rl.Algorithm, rl.Tiers, true)
 	for _, name := range sortedKeys(rl.Plans) {
 		p := "rate_limit.plans." + name
@@ -252,6 +256,13 @@ func (c *Config) validateRateLimit(errs *Errors) {
 			errs.add(p, "plan name %s", identProblem(name))
 		}
 		checkTiers(errs, p, rl.Algorithm, rl.Plans[name].Tiers, true)
+	}
+}
+
+// checkMode validates a bucket's mode (SPEC §10); "" is enforce.
+func checkMode(errs *Errors, path, mode string) {
+	if mode != "" && mode != "enforce" && mode != "shadow" {
+		errs.add(path, "must be enforce or shadow, got %q", mode)
 	}
 }
 
@@ -336,7 +347,7 @@ func (c *Config) validateRoutes(errs *Errors) {
 			}
 		}
 		rl := r.RateLimit
-		if rl.Disabled || (rl.Bucket == "" && rl.Algorithm == "" && len(rl.Tiers) == 0) {
+		if rl.Disabled || (rl.Bucket == "" && rl.Algorithm == "" && len(rl.Tiers) == 0 && rl.Mode == "") {
 			continue
 		}
 		if rl.Bucket == "" {
@@ -348,10 +359,14 @@ func (c *Config) validateRoutes(errs *Errors) {
 			if rl.Algorithm != prev.Algorithm || !slices.Equal(rl.Tiers, prev.Tiers) {
 				errs.add(p+".rate_limit", "bucket %q is also defined by routes[%d] with other tiers", rl.Bucket, j)
 			}
+			if rl.Mode != prev.Mode {
+				errs.add(p+".rate_limit.mode", "bucket %q is also defined by routes[%d] with mode %q", rl.Bucket, j, prev.Mode)
+			}
 		} else {
 			buckets[rl.Bucket] = i
 		}
 		checkAlgorithm(errs, p+".rate_limit.algorithm", rl.Algorithm, true)
+		checkMode(errs, p+".rate_limit.mode", rl.Mode)
 		alg := rl.Algorithm
 		if alg == "" {
 			alg = c.RateLimit.Algorithm

@@ -43,6 +43,10 @@ type Metrics struct {
 	// ShadowRejections counts the refusals a shadow-mode limit or quota
 	// would have made, by route pattern and code (SPEC §10).
 	ShadowRejections *prometheus.CounterVec
+	// UpstreamRateLimited counts the requests deskgate refused itself
+	// because the upstream's 429 Retry-After for that identity and
+	// bucket had not run out (SPEC §10).
+	UpstreamRateLimited prometheus.Counter
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -128,15 +132,19 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		}, []string{"quota", "result"}),
 		ShadowRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "deskgate_shadow_rejections_total",
-			Help: "Requests a shadow-mode limit or quota would have refused and let through, by route pattern and code.",
+			Help: "Requests a budget or quota in shadow mode would have refused and forwarded instead, by route pattern and business code.",
 		}, []string{"route", "code"}),
+		UpstreamRateLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_upstream_ratelimited_total",
+			Help: "Requests refused with 429 by deskgate itself because the upstream's own 429 Retry-After for the identity and bucket had not run out.",
+		}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
-		m.QuotaReservations, m.ShadowRejections,
+		m.QuotaReservations, m.ShadowRejections, m.UpstreamRateLimited,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -190,6 +198,8 @@ type Route struct {
 	duration [len(Methods)]prometheus.Observer
 	upstream prometheus.Observer
 	rejects  map[string]prometheus.Counter
+	// shadow429 is the shadow-rejection child of TOO_MANY_REQUESTS.
+	shadow429 prometheus.Counter
 	// requests caches the requests_total child per method and status.
 	requests [len(Methods)][600]atomic.Pointer[prometheus.Counter]
 }
@@ -207,6 +217,7 @@ func (m *Metrics) ForRoute(route string, codes []string) *Route {
 	for _, c := range codes {
 		r.rejects[c] = m.Rejections.WithLabelValues(route, c)
 	}
+	r.shadow429 = m.ShadowRejections.WithLabelValues(route, shadowCode)
 	for i, meth := range Methods {
 		r.duration[i] = m.RequestDuration.WithLabelValues(route, meth)
 	}
@@ -252,6 +263,22 @@ func (r *Route) Reject(code string) {
 	}
 	r.m.Rejections.WithLabelValues(r.name, code).Inc()
 }
+
+// shadowCode is the code of the shadow series created at zero.
+const shadowCode = "TOO_MANY_REQUESTS"
+
+// Shadow counts one request a budget in shadow mode would have refused
+// with code.
+func (r *Route) Shadow(code string) {
+	if code == shadowCode {
+		r.shadow429.Inc()
+		return
+	}
+	r.m.ShadowRejections.WithLabelValues(r.name, code).Inc()
+}
+
+// UpstreamLimited counts one request refused on an upstream's 429.
+func (r *Route) UpstreamLimited() { r.m.UpstreamRateLimited.Inc() }
 
 // Upstream observes the time to the upstream's response headers.
 func (r *Route) Upstream(seconds float64) { r.upstream.Observe(seconds) }

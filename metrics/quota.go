@@ -19,9 +19,9 @@ func (m *Metrics) ForQuota(name string) *QuotaCounters {
 	}
 }
 
-// Shadow returns the deskgate_shadow_rejections_total child of this
-// route and code: the refusals of code that a shadow-mode limit let
-// through. Building a route creates the ones it may count.
-func (r *Route) Shadow(code string) prometheus.Counter {
-	return r.m.ShadowRejections.WithLabelValues(r.name, code)
+// ShadowSeries creates (at 0) the deskgate_shadow_rejections_total child
+// of this route and code, so that it is scraped before the first shadow
+// refusal; [Route.Shadow] counts.
+func (r *Route) ShadowSeries(code string) {
+	r.m.ShadowRejections.WithLabelValues(r.name, code)
 }

@@ -46,6 +46,9 @@ func (a *accessWriter) write(st *state, method, path string, status int, level s
 	if st.shadow != "" {
 		e.str("shadow", string(st.shadow))
 	}
+	if st.limitedBy != "" {
+		e.str("limited_by", st.limitedBy)
+	}
 	e.millis("duration_ms", elapsed)
 	if st.upstream > 0 {
 		e.millis("upstream_ms", st.upstream)

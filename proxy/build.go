@@ -83,6 +83,9 @@ func slotKey(u *url.URL) string {
 type bucket struct {
 	def   *limitPolicy
 	plans map[string]*limitPolicy
+	// shadow is `mode: shadow` (SPEC §10): refusals are counted, not
+	// answered.
+	shadow bool
 }
 
 func (b *bucket) forPlan(plan string) *limitPolicy {
@@ -97,9 +100,12 @@ func (b *bucket) forPlan(plan string) *limitPolicy {
 // limitPolicy is a policy with its RateLimit-Policy header value and
 // the RateLimit values of its tiers.
 type limitPolicy struct {
-	p      *ratelimit.Policy
-	header []string
-	tiers  []*headerCache
+	p *ratelimit.Policy
+	// bucketID names the budget the policy belongs to ("global" for the
+	// plans too): the upstream's 429s are remembered per bucket.
+	bucketID string
+	header   []string
+	tiers    []*headerCache
 }
 
 // buildRoutes compiles cfg's routes: each one's auth policy, budget,
@@ -111,11 +117,13 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 	if err != nil {
 		return err
 	}
+	global.shadow = cfg.RateLimit.Mode == "shadow"
 	for name, plan := range cfg.RateLimit.Plans {
 		lp, err := newLimitPolicy("plan:"+name, cfg.RateLimit.Algorithm, plan.Tiers)
 		if err != nil {
 			return err
 		}
+		lp.bucketID = global.def.bucketID
 		if global.plans == nil {
 			global.plans = map[string]*limitPolicy{}
 		}
@@ -150,6 +158,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 				if b, err = newBucket("bucket:"+rc.RateLimit.Bucket, alg, tiers); err != nil {
 					return fmt.Errorf("routes[%d].rate_limit: %w", i, err)
 				}
+				b.shadow = rc.RateLimit.Mode == "shadow"
 				buckets[rc.RateLimit.Bucket] = b
 			}
 			rt.limit = b
@@ -200,6 +209,7 @@ func newBucket(id, alg string, tiers []config.Tier) (*bucket, error) {
 	if err != nil {
 		return nil, err
 	}
+	lp.bucketID = id
 	return &bucket{def: lp}, nil
 }
 

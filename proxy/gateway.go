@@ -54,6 +54,10 @@ type Options struct {
 	// Transport, when set, replaces the upstream transports built from
 	// the config. Tests use it to inject transport failures.
 	Transport http.RoundTripper
+	// UpstreamLimits remembers the upstream's 429s (SPEC §10); pass the
+	// same one to every gateway of a process so that a reload keeps
+	// them. Nil: the gateway makes its own.
+	UpstreamLimits *UpstreamLimits
 }
 
 // Gateway is the public handler for one config.
@@ -84,6 +88,10 @@ type Gateway struct {
 	writeTimeout time.Duration
 	// quotaStore counts the quotas (SPEC §9), nil without any.
 	quotaStore ratelimit.QuotaStore
+	// upstream holds the upstream's 429s, honoured for up to
+	// maxUpstreamRetry (rate_limit.max_upstream_retry_after).
+	upstream         *UpstreamLimits
+	maxUpstreamRetry time.Duration
 }
 
 // New builds the gateway for o.Config, which must be valid.
@@ -106,6 +114,12 @@ func New(o Options) (*Gateway, error) {
 		cors:         newCORS(cfg.CORS),
 		readTimeout:  cfg.Server.ReadTimeout.D(),
 		writeTimeout: cfg.Server.WriteTimeout.D(),
+
+		upstream:         o.UpstreamLimits,
+		maxUpstreamRetry: cfg.RateLimit.MaxUpstreamRetryAfter.D(),
+	}
+	if g.upstream == nil {
+		g.upstream = NewUpstreamLimits(0)
 	}
 	if o.AccessLog != nil {
 		level := o.LogLevel

@@ -80,24 +80,12 @@ func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
 			if config.PatternsMayOverlap(rt.pattern, qr.cfg.Match) {
 				rt.quotas = append(rt.quotas, qr)
 				if qr.shadow {
-					rt.metrics.Shadow(string(apierror.PlanLimitReached))
+					rt.metrics.ShadowSeries(string(apierror.PlanLimitReached))
 				}
 			}
 		}
 	}
 	return nil
-}
-
-// identityKey is the rate limit's identity of the request (SPEC §4), which
-// quotas count by too.
-func (rt *route) identityKey(st *state, id auth.Identity) ratelimit.Key {
-	switch {
-	case rt.keyByIP:
-		return ratelimit.KeyFromAddr(st.clientIP)
-	case id.AppID != "" && rt.keyBy == "app":
-		return ratelimit.KeyFromApp(id.AppID)
-	}
-	return ratelimit.KeyFromHash(id.Key.Hash)
 }
 
 // reserveQuotas reserves a slot of every quota that counts r, adds each to
@@ -135,7 +123,7 @@ func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *ap
 		st.quota = qr.cfg.Name
 		if qr.shadow {
 			st.shadow = apierror.PlanLimitReached
-			st.route.Shadow(string(apierror.PlanLimitReached)).Inc()
+			st.route.Shadow(string(apierror.PlanLimitReached))
 			continue
 		}
 		qr.counts.Refused.Inc()

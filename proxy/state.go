@@ -45,12 +45,16 @@ type state struct {
 	code apierror.Code
 	// cause is what made deskgate answer an error itself, for the log.
 	cause error
-	// shadow is the code a shadow-mode limit would have answered (SPEC
-	// §10), for the log; quota names the quota that refused (or would
-	// have), and holds are the quota slots to settle (quota.go).
+	// shadow is the code a budget or quota in shadow mode would have
+	// answered (SPEC §10): the request was forwarded instead. quota names
+	// the quota that refused (or would have), and holds are the quota
+	// slots to settle (quota.go).
 	shadow apierror.Code
 	quota  string
 	holds  []quotaHold
+	// limitedBy is "upstream" when the refusal (or shadow refusal) came
+	// from the upstream's own 429 Retry-After, not deskgate's budget.
+	limitedBy string
 
 	proxyStart time.Time
 	upstream   time.Duration

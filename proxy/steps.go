@@ -13,7 +13,6 @@ import (
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
-	"github.com/innovartx/deskgate/ratelimit"
 )
 
 // serve runs the route's steps in order — CORS headers, auth, body size,
@@ -53,6 +52,9 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 	}
 	st.proxyStart = time.Now()
 	rt.proxy.ServeHTTP(&st.w, r)
+	if st.w.status == http.StatusTooManyRequests && rt.limit != nil && !st.ownReply {
+		rt.noteUpstream429(st, id)
+	}
 	return nil
 }
 
@@ -191,14 +193,9 @@ func headerValue(h http.Header, key string) string {
 func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) *apierror.Error {
 	g := rt.g
 	lp := rt.limit.forPlan(id.Plan)
-	var k ratelimit.Key
-	switch {
-	case rt.keyByIP:
-		k = ratelimit.KeyFromAddr(st.clientIP)
-	case id.AppID != "" && rt.keyBy == "app":
-		k = ratelimit.KeyFromApp(id.AppID)
-	default:
-		k = ratelimit.KeyFromHash(id.Key.Hash)
+	k := rt.identityKey(st, id)
+	if err, ok := rt.upstreamLimited(st, lp, k); ok {
+		return err
 	}
 	d, err := g.limiter.Allow(r.Context(), lp.p, k)
 	if err != nil {
@@ -207,7 +204,12 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) *apierr
 			st.cause = err
 			return errAbandoned
 		}
-		return apierror.New(apierror.ServiceUnavailable, fmt.Errorf("rate limit: %w", err))
+		err = fmt.Errorf("rate limit: %w", err)
+		if rt.limit.shadow {
+			st.cause = err
+			return rt.shadowed(st, apierror.ServiceUnavailable)
+		}
+		return apierror.New(apierror.ServiceUnavailable, err)
 	}
 	h := st.w.Header()
 	h["Ratelimit-Policy"] = lp.header
@@ -221,6 +223,11 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) *apierr
 		return nil
 	}
 	h["Ratelimit"] = lp.tiers[d.Tier].value(d)
+	if rt.limit.shadow {
+		// The real state (no quota left, t until the blocking tier
+		// frees a slot) but no Retry-After: the request is served.
+		return rt.shadowed(st, apierror.TooManyRequests)
+	}
 	secs := retrySeconds(d.Reset)
 	h["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
 	details := make([]byte, 0, 80)
