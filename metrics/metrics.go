@@ -34,6 +34,11 @@ type Metrics struct {
 	ConfigLastReloadOK   prometheus.Gauge
 	BuildInfo            *prometheus.GaugeVec
 	CORSPreflights       *prometheus.CounterVec
+	// TLSCertExpiry is each served certificate's NotAfter (SPEC §12),
+	// named by its first DNS name (files) or its domain (ACME).
+	TLSCertExpiry *prometheus.GaugeVec
+	// TLSHandshakeErrors counts failed TLS handshakes on server.listen.
+	TLSHandshakeErrors prometheus.Counter
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -109,12 +114,21 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_cors_preflights_total",
 			Help: "CORS preflights answered by deskgate, by route pattern and result (allowed, refused).",
 		}, []string{"route", "result"}),
+		TLSCertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "deskgate_tls_certificate_expiry_timestamp_seconds",
+			Help: "When each certificate served on server.listen expires (Unix seconds), by name.",
+		}, []string{"name"}),
+		TLSHandshakeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_tls_handshake_errors_total",
+			Help: "TLS handshakes on server.listen that failed (a connection closed before its first byte is not counted).",
+		}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
+		m.TLSCertExpiry, m.TLSHandshakeErrors,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
