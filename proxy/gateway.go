@@ -340,6 +340,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &state{start: time.Now(), route: g.unmatched}
 	st.w = responseWriter{ResponseWriter: w, st: st}
+	st.useH2Writer(r, g.writeTimeout)
 	st.setRequestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = st.idHdr[:]
@@ -390,6 +391,7 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 		st.endBody(g.readTimeout)
 	}
 	g.accessLog(st, r)
+	st.endH2()
 	if abort {
 		panic(http.ErrAbortHandler)
 	}
@@ -899,8 +901,12 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	if st.bodyStalled(r, err) {
 		// The rest of the body will never be read: close the connection
-		// after the answer rather than read it as the next request.
-		st.w.Header()["Connection"] = connectionClose
+		// after the answer rather than read it as the next request. Over
+		// HTTP/2 the stream ends alone; "Connection: close" would make
+		// the server send GOAWAY to every other stream's client.
+		if r.ProtoMajor < 2 {
+			st.w.Header()["Connection"] = connectionClose
+		}
 		g.reply(st, r, apierror.New(apierror.RequestTimeout,
 			fmt.Errorf("request body not received within server.read_timeout (%s): %w", g.readTimeout, err)))
 		return
