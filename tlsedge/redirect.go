@@ -38,7 +38,17 @@ func (e *Edge) RedirectHandler(httpsPort string) http.Handler {
 		w.WriteHeader(http.StatusPermanentRedirect)
 	})
 	if e.acme != nil {
-		h = e.acme.HTTPHandler(h)
+		acme := e.acme.HTTPHandler(h)
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// autocert checks the Host against acme.domains as it is;
+			// a CA that reaches a port other than 80 names it there.
+			if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
+				if h, _, err := net.SplitHostPort(r.Host); err == nil {
+					r.Host = h
+				}
+			}
+			acme.ServeHTTP(w, r)
+		})
 	}
 	return h
 }
