@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/internal/tlstest"
 )
 
@@ -490,4 +491,93 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	// Its key arrives: the pair is good again and served.
 	tlstest.WriteFile(t, filepath.Join(g.dir, "key.pem"), fourth.KeyPEM)
 	waitServed(fourth.Cert.SerialNumber.String())
+}
+
+// TestHTTP2StreamNeverRead guards server.write_timeout over HTTP/2 (SPEC
+// §12: the rules hold per stream): a client that keeps its connection
+// alive but never reads one stream's answer (its flow-control window
+// stays shut) gets that stream reset at the timeout; the handler ends, is
+// logged, and frees its upstream exchange, while another stream on the
+// same connection is served.
+func TestHTTP2StreamNeverRead(t *testing.T) {
+	var upstreamDone atomic.Int64
+	chunk := make([]byte, 64<<10)
+	up := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer upstreamDone.Add(1)
+		if r.URL.Path == "/api/v1/big" {
+			for range 512 { // 32 MiB, far past the client's 4 MiB window
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+			return
+		}
+		io.WriteString(w, "small")
+	})}
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(upLn)
+	defer up.Close()
+
+	dir, ca := t.TempDir(), tlstest.NewCA(t)
+	ca.Issue(t, time.Now().Add(time.Hour), "localhost").Write(t, dir)
+	pub, adm := freeAddr(t), freeAddr(t)
+	path := filepath.Join(dir, "config.yaml")
+	os.WriteFile(path, fmt.Appendf(nil, `
+server: {listen: "%s", write_timeout: 1s, shutdown_timeout: 2s, tls: {cert_file: cert.pem, key_file: key.pem}}
+admin: {listen: "%s"}
+upstream: {url: "http://%s"}
+routes: [{pattern: "/api/v1/", auth: none, rate_limit: false}]
+`, pub, adm, upLn.Addr()), 0o600)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, path, stampOf(path), false, make(chan os.Signal), logs) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitFor(t, logs, `"msg":"deskgate started"`)
+
+	c := ca.Client(true, 0)
+	res, err := c.Get("https://localhost:" + portOf(pub) + "/api/v1/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.ProtoMajor != 2 {
+		t.Fatalf("HTTP/%d", res.ProtoMajor)
+	}
+	start := time.Now()
+	// The body is never read. The same connection still serves.
+	small := tlsGet(t, c, "https://localhost:"+portOf(pub)+"/api/v1/small")
+	if small.status != 200 || small.body != "small" || small.proto != 2 {
+		t.Errorf("another stream: %d HTTP/%d %q", small.status, small.proto, small.body)
+	}
+	waitForWithin(t, logs, `"path":"/api/v1/big"`, 6*time.Second)
+	t.Logf("the unread stream's handler ended %v after its headers (write_timeout 1s)", time.Since(start).Round(10*time.Millisecond))
+	deadline := time.Now().Add(5 * time.Second)
+	for upstreamDone.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the upstream exchange of the unread stream was never released")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitForWithin(t *testing.T, logs *lockedBuffer, s string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(logs.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the log after %v:\n%s", s, d, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
