@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -49,6 +50,7 @@ import (
 	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/proxy"
 	"github.com/innovartx/deskgate/ratelimit"
+	"github.com/innovartx/deskgate/tlsedge"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -477,6 +479,10 @@ func (a *app) reload(path string) {
 	if !reflect.DeepEqual(cfg.Redis, old.Redis) {
 		a.log.Warn("redis settings do not change on reload; restart to apply")
 	}
+	if !reflect.DeepEqual(cfg.Server.TLS, old.Server.TLS) || cfg.Server.RedirectHTTP != old.Server.RedirectHTTP {
+		// The certificate itself reloads on its own (tlsedge).
+		a.log.Warn("server.tls and server.redirect_http do not change on reload; restart to apply")
+	}
 	a.level.Set(parseLevel(cfg.Log.Level))
 	a.cfg.Store(cfg)
 	prev := a.current.Swap(gw)
@@ -551,23 +557,65 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          pub.ErrorLog,
 	}
+	// HTTPS (SPEC §12): the certificate, read now (or obtained by ACME
+	// in the background), and the HTTP/2 limits.
+	var edge *tlsedge.Edge
+	if cfg.Server.TLS.Enabled() {
+		if edge, err = tlsedge.New(cfg.Server.TLS, tlsedge.Options{Metrics: a.metrics, Logger: a.log}); err != nil {
+			return err
+		}
+		pub.HTTP2 = tlsedge.HTTP2()
+		pub.Protocols = tlsedge.Protocols()
+	}
 	pubLn, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("server.listen: %w", err)
 	}
-	pubLn = proxy.WrapListener(pubLn, a.current.Load)
+	if edge != nil {
+		// Beneath TLS, write_timeout on every write; above it, for
+		// HTTP/1.1, net/http's own error answers in the standard shape.
+		pubLn = edge.Listener(pubLn, tlsedge.Wrappers{
+			TCP:              func(c net.Conn) net.Conn { return proxy.WrapConn(c, a.current.Load) },
+			HTTP1:            func(c *tls.Conn) net.Conn { return proxy.WrapTLSConn(c, a.current.Load) },
+			HandshakeTimeout: cfg.Server.ReadHeaderTimeout.D(),
+		})
+	} else {
+		pubLn = proxy.WrapListener(pubLn, a.current.Load)
+	}
 	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		pubLn.Close()
 		return fmt.Errorf("admin.listen: %w", err)
 	}
-	errc := make(chan error, 2)
+	var redirect *http.Server
+	var redirectLn net.Listener
+	if addr := cfg.Server.RedirectHTTP; addr != "" {
+		if redirectLn, err = net.Listen("tcp", addr); err != nil {
+			pubLn.Close()
+			adminLn.Close()
+			return fmt.Errorf("server.redirect_http: %w", err)
+		}
+		_, httpsPort, _ := net.SplitHostPort(pubLn.Addr().String())
+		redirect = &http.Server{
+			Handler:           edge.RedirectHandler(httpsPort),
+			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+			IdleTimeout:       cfg.Server.IdleTimeout.D(),
+			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+			ErrorLog:          pub.ErrorLog,
+		}
+	}
+	errc := make(chan error, 3)
 	go func() { errc <- pub.Serve(pubLn) }()
 	go func() { errc <- admin.Serve(adminLn) }()
+	if redirect != nil {
+		go func() { errc <- redirect.Serve(redirectLn) }()
+	}
 	a.ready.Store(true)
 	a.log.Info("deskgate started",
 		"version", buildVersion(),
 		"listen", pubLn.Addr().String(),
+		"tls", tlsMode(cfg.Server.TLS),
+		"redirect_http", cfg.Server.RedirectHTTP,
 		"admin", adminLn.Addr().String(),
 		"upstream", cfg.Upstream.URL,
 		"routes", len(cfg.Routes),
@@ -579,6 +627,9 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 	changed := make(chan struct{}, 1)
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
+	if edge != nil {
+		go edge.Run(wctx)
+	}
 	// The config file, and auth.file as the current config names it.
 	go watchFile(wctx, func() string { return path }, loaded, time.Second, changed)
 	go watchFile(wctx, func() string { return a.cfg.Load().KeyFilePath }, keysLoaded, time.Second, changed)
@@ -587,6 +638,9 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 		select {
 		case <-hup:
 			a.reload(path)
+			if edge != nil {
+				edge.Reload() // cert-manager renewals: the files, now
+			}
 			continue
 		case <-changed:
 			if a.cfg.Load().WatchConfig {
@@ -613,6 +667,9 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 	time.Sleep(final.ShutdownDelay.D())
 	err = pub.Shutdown(sctx)
 	_ = admin.Shutdown(sctx)
+	if redirect != nil {
+		_ = redirect.Shutdown(sctx)
+	}
 	a.current.Load().Close()
 	if err != nil {
 		a.log.Warn("shutdown timed out; remaining connections closed", "error", err.Error())
@@ -674,6 +731,17 @@ func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metri
 	l := ratelimit.NewLimiter(o)
 	_ = l.Start(context.Background()) // logged by the limiter
 	return l, nil
+}
+
+// tlsMode names how server.listen is served, for the start-up log.
+func tlsMode(t config.TLS) string {
+	switch {
+	case t.ACME.Enabled():
+		return "acme"
+	case t.Enabled():
+		return "files"
+	}
+	return "off"
 }
 
 func redisTopology(cfg config.Redis) string {

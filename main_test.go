@@ -107,8 +107,8 @@ routes:
 `
 
 var checkConfigAllErrorsWant = []string{
-	`server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
-	`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+	`server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)`,
+	`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)`,
 	`upstream.url: want an http:// or https:// URL, got "ftp://files.example.com"`,
 	`upstream.timeout: invalid duration "30 seconds" (want e.g. 50ms, 10s, 1m)`,
 	`rate_limit.tiers[0].window: must be a whole number of seconds, got 1500ms`,

@@ -27,7 +27,7 @@ var badConfigs = map[string][]string{
 		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
 	},
 	"unknown_nested_key": {
-		`server.lissten: unknown key; did you mean "listen"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+		`server.lissten: unknown key; did you mean "listen"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)`,
 	},
 	"unknown_route_key": {
 		"routes[0].methods: unknown key (valid keys: pattern, auth, rate_limit, upstream, timeout, websocket, cors)",
@@ -242,6 +242,32 @@ var badConfigs = map[string][]string{
 		"want a mapping of keys, got a list",
 	},
 
+	// server.tls and server.redirect_http (SPEC §12). The files are not
+	// read by Parse (Load does that: TestLoadCertificateErrors).
+	"tls_bad": {
+		"server.tls.key_file: required with server.tls.cert_file",
+		`server.tls.min_version: must be "1.2" or "1.3", got "1.1"`,
+		"server.redirect_http: must differ from server.listen",
+	},
+	"tls_files_and_acme": {
+		"server.tls.acme: certificates come from cert_file/key_file or from acme, not both",
+		`server.redirect_http: want host:port or :port, got "80"`,
+	},
+	"tls_acme_bad": {
+		"server.tls.acme: certificates come from cert_file/key_file or from acme, not both",
+		"server.tls.acme.storage: required: a directory for the account key and certificates (shared by the replicas)",
+		`server.tls.acme.domains[0]: "*.example.com": a wildcard needs the DNS-01 challenge, which deskgate does not do; list each name`,
+		`server.tls.acme.domains[1]: "API.example.com": write it in lower case`,
+		`server.tls.acme.domains[2]: "10.0.0.1": an IP address, want a DNS name`,
+		`server.tls.acme.domains[3]: "localhost": want a fully qualified name such as api.example.com`,
+		`server.tls.acme.domains[5]: "api.example.com" is also domains[4]`,
+		`server.tls.acme.email: want an address such as ops@example.com, got "ops at example.com"`,
+		`server.tls.acme.directory_url: want the CA's directory as an https:// URL, got "ftp://ca.example.com/dir"`,
+	},
+	"redirect_without_tls": {
+		"server.redirect_http: redirects to https: needs server.tls",
+	},
+
 	// Many errors at once: all reported, in order.
 	"cors_bad": {
 		`cors.allowed_origins[0]: origin "https://help.example.com/": an origin has no path, query or fragment (want scheme://host[:port])`,
@@ -273,7 +299,7 @@ var badConfigs = map[string][]string{
 	// item 3): every one named with its field path in one run, in file
 	// order, none hiding another, none reported twice.
 	"mixed_issue_20": {
-		"server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)",
+		"server.listne_timeout: unknown key (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)",
 		`upstream.url: want an http:// or https:// URL, got "ftp://files.example.com"`,
 		"rate_limit.tiers[0].window: must be a whole number of seconds, got 1500ms",
 		`routes[0].auth: must be secret, public or none, got "maybe"`,
@@ -283,7 +309,7 @@ var badConfigs = map[string][]string{
 		`routes[1].auth: must be secret, public or none, got "secrett"`,
 	},
 	"mixed_every_kind": {
-		`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths)`,
+		`server.idel_timeout: unknown key; did you mean "idle_timeout"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)`,
 		`server.max_body_bytes: want an integer, got "ten"`,
 		"upstream.url: environment variable DG_UNSET is not set (use ${DG_UNSET:-default} for a default)",
 		"upstream.url: key given twice",

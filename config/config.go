@@ -68,7 +68,59 @@ type Server struct {
 	// in front of servlet or Spring upstreams, which drop `;params` and
 	// so serve another path than the one the route was judged on.
 	AllowSemicolonPaths bool `yaml:"allow_semicolon_paths"`
+	// TLS turns server.listen into HTTPS with HTTP/2 (SPEC §12).
+	TLS TLS `yaml:"tls"`
+	// RedirectHTTP is the address of an optional plain listener that
+	// answers 308 to the https URL and serves ACME HTTP-01 challenges.
+	// "" is none.
+	RedirectHTTP string `yaml:"redirect_http"`
 }
+
+// TLS is HTTPS on server.listen (SPEC §12): a certificate from files, or
+// from an ACME CA. Neither set: plain HTTP.
+type TLS struct {
+	// CertFile is a PEM chain, leaf first; KeyFile its PEM private key.
+	// Both are relative to the config file's directory, read at start-up
+	// and again whenever they change.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// MinVersion is "1.2" (the default) or "1.3".
+	MinVersion string `yaml:"min_version"`
+	ACME       ACME   `yaml:"acme"`
+
+	// CertPath and KeyPath are CertFile and KeyFile resolved against the
+	// config's directory; StoragePath is ACME.Storage likewise. Set by
+	// [Load].
+	CertPath    string `yaml:"-"`
+	KeyPath     string `yaml:"-"`
+	StoragePath string `yaml:"-"`
+}
+
+// Enabled reports whether server.listen serves HTTPS.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.ACME.Enabled() }
+
+// ACME obtains and renews certificates from an ACME CA (SPEC §12).
+type ACME struct {
+	// Domains are the names certificates are obtained for; a client
+	// that asks for another name (SNI) is refused.
+	Domains []string `yaml:"domains"`
+	// Email is the account's contact, for the CA's expiry notices.
+	Email string `yaml:"email"`
+	// DirectoryURL is the CA's directory; "" is Let's Encrypt's.
+	DirectoryURL string `yaml:"directory_url"`
+	// Storage is the directory that keeps the account key, the
+	// certificates and pending challenges; replicas that share it share
+	// their certificates. Relative to the config file's directory.
+	Storage string `yaml:"storage"`
+}
+
+// Enabled reports whether any acme key is set.
+func (a ACME) Enabled() bool {
+	return len(a.Domains) > 0 || a.Email != "" || a.DirectoryURL != "" || a.Storage != ""
+}
+
+// LetsEncryptDirectory is the default server.tls.acme.directory_url.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
 // CORS is the cross-origin policy of browser clients (SPEC §8). It
 // applies to the routes whose auth is public or none, unless a route says
@@ -316,6 +368,7 @@ func Default() *Config {
 			MaxHeaderBytes:    32768,
 			MaxBodyBytes:      10 << 20,
 			ShutdownTimeout:   Duration(25 * time.Second),
+			TLS:               TLS{MinVersion: "1.2"},
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090"},
 		Upstream: Upstream{
@@ -407,6 +460,19 @@ func Load(path string) (*Config, error) {
 		cfg.KeyFile = kf
 		if kerr == nil && !errs.touch("quotas") {
 			errs = append(errs, cfg.checkQuotaPlans(kf)...)
+		}
+	}
+	if cfg != nil {
+		t := &cfg.Server.TLS
+		t.CertPath = KeyFilePath(path, t.CertFile)
+		t.KeyPath = KeyFilePath(path, t.KeyFile)
+		t.StoragePath = KeyFilePath(path, t.ACME.Storage)
+		// The pair is read only when its two fields passed validation:
+		// "key_file: required" says enough on its own.
+		if t.CertFile != "" && t.KeyFile != "" && !errs.touch("server.tls") {
+			if _, ferr := LoadCertificate(t.CertPath, t.KeyPath); ferr != nil {
+				errs = append(errs, *ferr)
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -83,7 +83,90 @@ func (c *Config) validateServer(errs *Errors) {
 			errs.add(fmt.Sprintf("server.trusted_proxies[%d]", i), "%v", err)
 		}
 	}
+	c.validateTLS(errs)
 }
+
+// validateTLS checks server.tls and server.redirect_http (SPEC §12). The
+// certificate files themselves are read by [Load], not here: Validate
+// touches no file.
+func (c *Config) validateTLS(errs *Errors) {
+	s, t, a := c.Server, c.Server.TLS, c.Server.TLS.ACME
+	if t.MinVersion != "1.2" && t.MinVersion != "1.3" {
+		errs.add("server.tls.min_version", `must be "1.2" or "1.3", got %q`, t.MinVersion)
+	}
+	files := t.CertFile != "" || t.KeyFile != ""
+	switch {
+	case files && a.Enabled():
+		errs.add("server.tls.acme", "certificates come from cert_file/key_file or from acme, not both")
+	case t.CertFile != "" && t.KeyFile == "":
+		errs.add("server.tls.key_file", "required with server.tls.cert_file")
+	case t.KeyFile != "" && t.CertFile == "":
+		errs.add("server.tls.cert_file", "required with server.tls.key_file")
+	}
+	if a.Enabled() {
+		if len(a.Domains) == 0 {
+			errs.add("server.tls.acme.domains", "required: the names to obtain certificates for")
+		}
+		seen := map[string]int{}
+		for i, d := range a.Domains {
+			p := fmt.Sprintf("server.tls.acme.domains[%d]", i)
+			if err := checkDomain(d); err != nil {
+				errs.add(p, "%v", err)
+			} else if j, dup := seen[d]; dup {
+				errs.add(p, "%q is also domains[%d]", d, j)
+			}
+			seen[d] = i
+		}
+		if a.Email != "" && (!strings.Contains(a.Email, "@") || strings.ContainsAny(a.Email, " \t\r\n<>")) {
+			errs.add("server.tls.acme.email", "want an address such as ops@example.com, got %q", a.Email)
+		}
+		if a.DirectoryURL != "" {
+			if u, err := url.Parse(a.DirectoryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				errs.add("server.tls.acme.directory_url", "want the CA's directory as an https:// URL, got %q", a.DirectoryURL)
+			}
+		}
+		if a.Storage == "" {
+			errs.add("server.tls.acme.storage", "required: a directory for the account key and certificates (shared by the replicas)")
+		}
+	}
+	if s.RedirectHTTP != "" {
+		checkListen(errs, "server.redirect_http", s.RedirectHTTP)
+		switch {
+		case !t.Enabled():
+			errs.add("server.redirect_http", "redirects to https: needs server.tls")
+		case s.RedirectHTTP == s.Listen:
+			errs.add("server.redirect_http", "must differ from server.listen")
+		case s.RedirectHTTP == c.Admin.Listen:
+			errs.add("server.redirect_http", "must differ from admin.listen")
+		}
+	}
+}
+
+// checkDomain accepts a DNS name that an ACME CA can validate by HTTP-01
+// or TLS-ALPN-01: letters, digits and hyphens in dot-separated labels, no
+// wildcard, no IP address, lower case.
+func checkDomain(d string) error {
+	switch {
+	case d == "":
+		return errors.New("empty domain")
+	case strings.HasPrefix(d, "*."):
+		return fmt.Errorf("%q: a wildcard needs the DNS-01 challenge, which deskgate does not do; list each name", d)
+	case net.ParseIP(d) != nil:
+		return fmt.Errorf("%q: an IP address, want a DNS name", d)
+	case d != strings.ToLower(d):
+		return fmt.Errorf("%q: write it in lower case", d)
+	case len(d) > 253 || !strings.Contains(d, "."):
+		return fmt.Errorf("%q: want a fully qualified name such as api.example.com", d)
+	}
+	for _, label := range strings.Split(d, ".") {
+		if !domainLabel.MatchString(label) {
+			return fmt.Errorf("%q: label %q is not a DNS label", d, label)
+		}
+	}
+	return nil
+}
+
+var domainLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 func checkListen(errs *Errors, path, addr string) {
 	if addr == "" {

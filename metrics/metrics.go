@@ -47,6 +47,11 @@ type Metrics struct {
 	// because the upstream's 429 Retry-After for that identity and
 	// bucket had not run out (SPEC §10).
 	UpstreamRateLimited prometheus.Counter
+	// TLSCertExpiry is each served certificate's NotAfter (SPEC §12),
+	// named by its first DNS name (files) or its domain (ACME).
+	TLSCertExpiry *prometheus.GaugeVec
+	// TLSHandshakeErrors counts failed TLS handshakes on server.listen.
+	TLSHandshakeErrors prometheus.Counter
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -138,6 +143,14 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_upstream_ratelimited_total",
 			Help: "Requests refused with 429 by deskgate itself because the upstream's own 429 Retry-After for the identity and bucket had not run out.",
 		}),
+		TLSCertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "deskgate_tls_certificate_expiry_timestamp_seconds",
+			Help: "When each certificate served on server.listen expires (Unix seconds), by name.",
+		}, []string{"name"}),
+		TLSHandshakeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_tls_handshake_errors_total",
+			Help: "TLS handshakes on server.listen that failed (a connection closed before its first byte is not counted).",
+		}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
@@ -145,6 +158,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
 		m.QuotaReservations, m.ShadowRejections, m.UpstreamRateLimited,
+		m.TLSCertExpiry, m.TLSHandshakeErrors,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

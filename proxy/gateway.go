@@ -166,6 +166,7 @@ func (g *Gateway) Close() {
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &state{start: time.Now(), route: g.unmatched}
 	st.w = responseWriter{ResponseWriter: w, st: st}
+	st.useH2Writer(r, g.writeTimeout)
 	st.setRequestID(r.Header)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = st.idHdr[:]
@@ -269,6 +270,7 @@ func (g *Gateway) finish(st *state, r *http.Request) {
 		st.endBody(g.readTimeout)
 	}
 	g.accessLog(st, r)
+	st.endH2()
 	if abort {
 		panic(http.ErrAbortHandler)
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,6 +31,42 @@ import (
 func WrapListener(ln net.Listener, current func() *Gateway) net.Listener {
 	return &shapingListener{Listener: ln, current: current}
 }
+
+// WrapConn applies server.write_timeout to the writes of c, one
+// connection, as [WrapListener] does to each connection it accepts. Under
+// TLS it wraps the TCP connection, beneath the TLS layer, for HTTP/1.1
+// and HTTP/2 alike; the rewriting of net/http's own error answers never
+// matches there (TLS records do not start with "HTTP/1.1"): that is
+// [WrapTLSConn]'s job, on the plaintext side.
+func WrapConn(c net.Conn, current func() *Gateway) net.Conn {
+	return &shapingConn{Conn: c, current: current}
+}
+
+// WrapTLSConn is the plaintext side of an HTTPS connection that will
+// speak HTTP/1.1, its handshake done: net/http's own error answers (400,
+// 431, 501) are written there, so they are rewritten into the standard
+// shape, logged and counted as [WrapListener] does for plain HTTP. It
+// reports c's TLS state through ConnectionState, from which net/http sets
+// Request.TLS (and so X-Forwarded-Proto: https), as it does for a
+// *tls.Conn. write_timeout is not pushed here but by [WrapConn] beneath c.
+//
+// HTTP/2 connections are handed to net/http as the *tls.Conn itself (it
+// dispatches HTTP/2 on that type only); the HTTP/2 server answers in
+// frames, not with such raw writes.
+func WrapTLSConn(c *tls.Conn, current func() *Gateway) net.Conn {
+	return &tlsShapingConn{shapingConn: shapingConn{Conn: c, current: current}, tc: c}
+}
+
+// tlsShapingConn is the [WrapTLSConn] connection.
+type tlsShapingConn struct {
+	shapingConn
+	tc *tls.Conn
+}
+
+// ConnectionState is the TLS state net/http reads for Request.TLS.
+func (c *tlsShapingConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
+
+func (c *tlsShapingConn) Write(b []byte) (int, error) { return c.shape(b) }
 
 type shapingListener struct {
 	net.Listener
@@ -106,6 +143,12 @@ var serverErrorHead = []byte("\r\nContent-Type: text/plain; charset=utf-8\r\nCon
 
 func (c *shapingConn) Write(b []byte) (int, error) {
 	c.pushWriteDeadline()
+	return c.shape(b)
+}
+
+// shape writes b, or the standard-shape answer of it when b is one of
+// net/http's own error answers.
+func (c *shapingConn) shape(b []byte) (int, error) {
 	if len(b) < 12 || b[0] != 'H' || !bytes.HasPrefix(b, []byte("HTTP/1.1 ")) {
 		return c.Conn.Write(b)
 	}

@@ -71,6 +71,10 @@ type state struct {
 	// arrived (server.read_timeout), zero until it is forwarded.
 	body         bodyReader
 	readDeadline time.Time
+
+	// h2 is the stream's writer over HTTP/2 (see [h2Writer]); unused
+	// over HTTP/1.1.
+	h2 h2Writer
 }
 
 // readDeadliner is the part of the server's response writer that

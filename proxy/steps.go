@@ -315,8 +315,12 @@ func (g *Gateway) exchangeError(st *state, r *http.Request, err error) *apierror
 	}
 	if st.bodyStalled(r, err) {
 		// The rest of the body will never be read: close the connection
-		// after the answer rather than read it as the next request.
-		st.w.Header()["Connection"] = connectionClose
+		// after the answer rather than read it as the next request. Over
+		// HTTP/2 the stream ends alone; "Connection: close" would make
+		// the server send GOAWAY to every other stream's client.
+		if r.ProtoMajor < 2 {
+			st.w.Header()["Connection"] = connectionClose
+		}
 		return apierror.New(apierror.RequestTimeout,
 			fmt.Errorf("request body not received within server.read_timeout (%s): %w", g.readTimeout, err))
 	}

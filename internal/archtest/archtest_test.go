@@ -83,6 +83,10 @@ var rules = map[string]rule{
 		allow: []string{"./apierror", "./auth", "./config", "./metrics", "./ratelimit", "github.com/rs/cors"},
 		why:   "the request path composes the layers below it; it builds no Redis client and reaches no example or test code",
 	},
+	"tlsedge": {
+		allow: []string{"./config", "./metrics", "golang.org/x/crypto/acme", "golang.org/x/crypto/acme/autocert"},
+		why:   "the TLS side of the public listener: certificates (files, ACME through autocert), handshakes, HTTP/2 limits; the request path's wrappers are handed in by main, so it never reaches up to proxy, auth or ratelimit",
+	},
 	"internal/supportdesk": {
 		why: "the example upstream stands alone: it is SupportDesk, not part of the gateway",
 	},
@@ -123,7 +127,7 @@ func TestImports(t *testing.T) {
 }
 
 // TestBinaryCarriesNoHarness: the gateway binary depends on no test
-// harness (internal/redistest, internal/faultproxy), and none of our
+// harness (internal/redistest, internal/faultproxy, internal/tlstest), and none of our
 // packages in it imports package testing.
 func TestBinaryCarriesNoHarness(t *testing.T) {
 	pkgs := listPackages(t)
@@ -132,7 +136,7 @@ func TestBinaryCarriesNoHarness(t *testing.T) {
 		t.Fatal("the root package is missing")
 	}
 	for _, d := range append(root.Deps, module) {
-		if strings.HasPrefix(d, module+"/internal/redistest") || strings.HasPrefix(d, module+"/internal/faultproxy") {
+		if strings.HasPrefix(d, module+"/internal/redistest") || strings.HasPrefix(d, module+"/internal/faultproxy") || strings.HasPrefix(d, module+"/internal/tlstest") {
 			t.Errorf("the deskgate binary depends on %s", d)
 		}
 		if p := pkgs[d]; p != nil && strings.HasPrefix(d, module) && slices.Contains(p.Imports, "testing") {
