@@ -380,9 +380,11 @@ func TestCLIListenOverrides(t *testing.T) {
 	if p.cmd.ProcessState.ExitCode() != 0 {
 		t.Errorf("exit %d after SIGTERM", p.cmd.ProcessState.ExitCode())
 	}
-	started := regexp.MustCompile(`"msg":"deskgate started".*"listen":"([^"]+)","admin":"([^"]+)"`).FindStringSubmatch(p.logs.String())
-	if started == nil || started[1] != flagPub || started[2] != envAdmin {
-		t.Errorf("start-up log %q, want listen %s admin %s", started, flagPub, envAdmin)
+	line := regexp.MustCompile(`.*"msg":"deskgate started".*`).FindString(p.logs.String())
+	listenAt := regexp.MustCompile(`"listen":"([^"]+)"`).FindStringSubmatch(line)
+	adminAt := regexp.MustCompile(`"admin":"([^"]+)"`).FindStringSubmatch(line)
+	if listenAt == nil || adminAt == nil || listenAt[1] != flagPub || adminAt[1] != envAdmin {
+		t.Errorf("start-up log %q, want listen %s admin %s", line, flagPub, envAdmin)
 	}
 }
 
