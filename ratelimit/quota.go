@@ -62,6 +62,24 @@ type QuotaDecision struct {
 	Reservation
 }
 
+// QuotaAsk is a reservation asked with a rate-limit decision
+// ([Limiter.AllowQuotas]): made in the same Redis call, and only when the
+// rate limit admits the request.
+type QuotaAsk struct {
+	Quota *Quota
+	Limit int64
+	TTL   time.Duration
+	// Stop: when this quota refuses, the ones after it are not asked (the
+	// request will be refused).
+	Stop bool
+
+	// Done is set when the reservation was decided with the request:
+	// Decision is then its outcome. Otherwise the caller reserves it with
+	// [QuotaStore.Reserve] if it still needs it.
+	Done     bool
+	Decision QuotaDecision
+}
+
 // QuotaStore reserves and settles quota slots. *Memory, *Redis and
 // *Limiter implement it.
 type QuotaStore interface {
