@@ -176,22 +176,33 @@ func (r *Redis) Settle(ctx context.Context, q *Quota, k Key, res Reservation, co
 // QuotaUsed returns k's count of q in the month Redis is in and the slots
 // it holds, for tests and budget inspection. It reads only.
 func (r *Redis) QuotaUsed(ctx context.Context, q *Quota, k Key) (used, reserved int64, err error) {
-	hash, set := r.quotaKeys(q, k)
-	v, err := quotaUsedScript.Run(ctx, r.client, []string{hash, set}).Int64Slice()
-	if err != nil || len(v) != 2 {
-		return 0, 0, fmt.Errorf("quota read: %v %w", v, err)
-	}
-	return v[0], v[1], nil
+	u, err := r.QuotaUsage(ctx, q, k)
+	return u.Used, u.Reserved, err
 }
 
+// QuotaUsage returns k's standing against q in the month Redis is in, by
+// Redis' clock, in one script call that writes nothing (no key is made
+// for an identity that has none).
+func (r *Redis) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error) {
+	hash, set := r.quotaKeys(q, k)
+	v, err := quotaUsedScript.Run(ctx, r.client, []string{hash, set}).Int64Slice()
+	if err != nil || len(v) != 4 {
+		return QuotaUsage{}, fmt.Errorf("quota read: %v %w", v, err)
+	}
+	next := time.Unix(v[2], 0).UTC()
+	return QuotaUsage{Used: v[0], Reserved: v[1], ResetAt: next, ResetIn: next.Sub(time.UnixMilli(v[3])), Store: storeNames[storeRedis]}, nil
+}
+
+// quotaUsedScript: KEYS: the hash, the set. Reply: used, reserved, the
+// next month's start (Unix s), now (ms). It reads only.
 var quotaUsedScript = redis.NewScript(quotaMonthLua + `
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local month = month_of(sec)
+local month, _, reset = month_of(sec)
 local h = redis.call('HMGET', KEYS[1], 'm', 'u')
-if tonumber(h[1]) ~= month then return {0, 0} end
-return {tonumber(h[2]) or 0, redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%d', now), '+inf')}
+if tonumber(h[1]) ~= month then return {0, 0, reset, now} end
+return {tonumber(h[2]) or 0, redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%d', now), '+inf'), reset, now}
 `)
 
 func settleVerb(commit bool) string {
