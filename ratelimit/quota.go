@@ -273,3 +273,11 @@ func (m *Memory) sweepQuotas() {
 func (d QuotaDecision) String() string {
 	return fmt.Sprintf("allowed=%v limit=%d remaining=%d reset=%s id=%d", d.Allowed, d.Limit, d.Remaining, d.ResetAt.Format(time.RFC3339), d.ID)
 }
+
+// QuotaLen is how many identities' quota counts the store holds (tests).
+func (m *Memory) QuotaLen() int {
+	s := &m.quota
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
