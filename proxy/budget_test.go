@@ -238,7 +238,7 @@ func TestBudgetQuotas(t *testing.T) {
 				if _, body, rep = getBudget(t, h, "/budget", "X-API-Key", skLive); rep == nil {
 					t.Fatalf("no report: %s", body)
 				}
-				if len(rep.Quotas) == 2 && rep.Quotas[0].Reserved == 0 {
+				if len(rep.Quotas) == 2 && rep.Quotas[0].Reserved+rep.Quotas[1].Reserved == 0 {
 					break
 				}
 				time.Sleep(5 * time.Millisecond)
