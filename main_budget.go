@@ -86,7 +86,8 @@ func budgetCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// printBudget writes rep as a table, one line per tier.
+// printBudget writes rep as a table, one line per tier, then the quotas'
+// table, one line per quota.
 func printBudget(w io.Writer, rep *proxy.BudgetReport) {
 	who := "key " + rep.KeyPrefix
 	if rep.AppID != "" {
@@ -122,10 +123,14 @@ func printBudget(w io.Writer, rep *proxy.BudgetReport) {
 	}
 	_ = tw.Flush()
 	if len(rep.Quotas) > 0 {
-		fmt.Fprintf(w, "\nquotas:\n")
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "QUOTA\tMODE\tLIMIT\tUSED\tRESERVED\tREMAINING\tRESETS AT\tRESET IN\tSTORE\tMATCH")
 		for _, q := range rep.Quotas {
-			fmt.Fprintf(w, "  %s\n", q)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n",
+				q.Name, q.Mode, q.Limit, q.Used, q.Reserved, q.Remaining, q.ResetsAt, secs(q.ResetInSeconds), q.Store, q.Match)
 		}
+		_ = tw.Flush()
 	}
 	if rep.Note != "" {
 		fmt.Fprintf(w, "\nnote: %s\n", rep.Note)

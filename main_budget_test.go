@@ -33,7 +33,8 @@ func TestBudgetCommand(t *testing.T) {
 		w.Write([]byte(`{"app_id":"app_pro","key_prefix":"sk_live_AbCd","key_by":"app","plan":"pro",
 		  "buckets":[{"bucket":"global","policy":"plan:pro","mode":"enforce","store":"redis","routes":["GET /a"],
 		    "tiers":[{"name":"10s","limit":4,"window_seconds":10,"used":3,"remaining":1,"reset_at":"2027-01-01T00:00:10Z","reset_in_seconds":10}]}],
-		  "quotas":[]}`))
+		  "quotas":[{"name":"tickets","match":"POST /api/v1/tickets","mode":"enforce","limit":1000,"used":412,"reserved":2,"remaining":586,
+		    "resets_at":"2027-02-01T00:00:00Z","reset_in_seconds":86400,"store":"redis"}]}`))
 	}))
 	defer srv.Close()
 	out.Reset()
@@ -42,7 +43,8 @@ func TestBudgetCommand(t *testing.T) {
 	if code := budgetCmd([]string{"-admin", addr}, strings.NewReader(key+"\n"), &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	for _, want := range []string{"app app_pro (key sk_live_AbCd)", "plan: pro", "BUCKET", "global", "plan:pro", "10s", "GET /a", "redis"} {
+	for _, want := range []string{"app app_pro (key sk_live_AbCd)", "plan: pro", "BUCKET", "global", "plan:pro", "10s", "GET /a", "redis",
+		"QUOTA", "RESERVED", "tickets", "1000", "412", "586", "2027-02-01T00:00:00Z", "86400s", "POST /api/v1/tickets"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("no %q in:\n%s", want, out.String())
 		}

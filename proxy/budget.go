@@ -26,10 +26,10 @@ type BudgetReport struct {
 	KeyBy     string         `json:"key_by"`
 	Plan      string         `json:"plan"`
 	Buckets   []BucketBudget `json:"buckets"`
-	// Quotas is where the monthly quotas of SPEC §9 go, one entry per
-	// quota that matches a route the key can reach (hook: filled by the
-	// quotas engine once it lands; always empty until then).
-	Quotas []json.RawMessage `json:"quotas"`
+	// Quotas are the monthly quotas of SPEC §9 that count requests of
+	// the identity: one entry per quota whose pattern may match a route
+	// limited by key or app (not per client IP).
+	Quotas []QuotaBudget `json:"quotas"`
 	// Note says why a budget is missing (routes limited per client IP).
 	Note string `json:"note,omitempty"`
 }
@@ -64,6 +64,30 @@ type TierBudget struct {
 	// NextSlotAt is, when nothing fits, when one request fits again.
 	NextSlotAt        string `json:"next_slot_at,omitempty"`
 	NextSlotInSeconds int64  `json:"next_slot_in_seconds,omitempty"`
+}
+
+// QuotaBudget is one monthly quota's figures for the identity.
+type QuotaBudget struct {
+	Name  string `json:"name"`
+	Match string `json:"match"`
+	Mode  string `json:"mode"`
+	// Limit is the identity's plan's.
+	Limit int64 `json:"limit"`
+	// Used is what was committed this month; Reserved the slots held by
+	// requests in progress, which count until settled.
+	Used      int64  `json:"used"`
+	Reserved  int64  `json:"reserved"`
+	Remaining int64  `json:"remaining"`
+	ResetsAt  string `json:"resets_at"`
+	// ResetInSeconds is the time until ResetsAt, rounded up.
+	ResetInSeconds int64  `json:"reset_in_seconds"`
+	Store          string `json:"store"`
+}
+
+// quotaReader is a store that reads quotas without consuming
+// (*ratelimit.Limiter, *ratelimit.Memory, *ratelimit.Redis).
+type quotaReader interface {
+	QuotaUsage(ctx context.Context, q *ratelimit.Quota, k ratelimit.Key) (ratelimit.QuotaUsage, error)
 }
 
 // errNoPeek is the error of a limiter that cannot read budgets.
@@ -122,7 +146,7 @@ func (g *Gateway) Budget(ctx context.Context, values []string) (*BudgetReport, *
 		AppID:     id.AppID,
 		KeyPrefix: id.Key.Prefix,
 		Plan:      id.Plan,
-		Quotas:    []json.RawMessage{},
+		Quotas:    []QuotaBudget{},
 		Buckets:   []BucketBudget{},
 	}
 	now := time.Now()
@@ -181,8 +205,56 @@ func (g *Gateway) Budget(ctx context.Context, values []string) (*BudgetReport, *
 		seen[rt.limit] = len(rep.Buckets)
 		rep.Buckets = append(rep.Buckets, bb)
 	}
+	if err := g.budgetQuotas(ctx, rep, id); err != nil {
+		return nil, apierror.New(apierror.ServiceUnavailable, err)
+	}
 	if rep.KeyBy == "app" && rep.AppID == "" {
 		rep.KeyBy = "key" // store none: the key is the identity
 	}
 	return rep, nil
+}
+
+// budgetQuotas adds to rep the quotas that count the identity's requests,
+// once each, read without consuming and without creating state.
+func (g *Gateway) budgetQuotas(ctx context.Context, rep *BudgetReport, id auth.Identity) error {
+	if g.quotaStore == nil {
+		return nil
+	}
+	qr, ok := g.quotaStore.(quotaReader)
+	if !ok {
+		return errors.New("budget: the quota store cannot read quotas")
+	}
+	seen := map[*quotaRule]bool{}
+	for _, rt := range g.routes {
+		if rt.keyByIP {
+			continue // counted per client address, not this key's
+		}
+		for _, rule := range rt.quotas {
+			if seen[rule] {
+				continue
+			}
+			seen[rule] = true
+			u, err := qr.QuotaUsage(ctx, rule.q, rt.identityKey(nil, id))
+			if err != nil {
+				return fmt.Errorf("budget: quota %s: %w", rule.cfg.Name, err)
+			}
+			qb := QuotaBudget{
+				Name:           rule.cfg.Name,
+				Match:          rule.cfg.Match,
+				Mode:           "enforce",
+				Limit:          rule.cfg.LimitFor(id.Plan),
+				Used:           u.Used,
+				Reserved:       u.Reserved,
+				ResetsAt:       u.ResetAt.UTC().Format(time.RFC3339),
+				ResetInSeconds: ceilSeconds(u.ResetIn),
+				Store:          u.Store,
+			}
+			qb.Remaining = max(0, qb.Limit-qb.Used-qb.Reserved)
+			if rule.shadow {
+				qb.Mode = "shadow"
+			}
+			rep.Quotas = append(rep.Quotas, qb)
+		}
+	}
+	return nil
 }

@@ -1,14 +1,22 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/internal/redistest"
+	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/ratelimit"
 )
 
 const budgetConfig = `
@@ -187,3 +195,110 @@ func identityOf(t *testing.T, h *harness, key string) (id authIdentity) {
 type authIdentity = auth.Identity
 
 const authPublicOK = auth.PublicOK
+
+// budgetQuotaConfig is budgetConfig with a route and two quotas: tickets,
+// 3 a month (5 for the pro plan), and a shadow one on GET /a.
+const budgetQuotaConfig = budgetConfig + `  - {pattern: "POST /t", auth: secret, rate_limit: {bucket: t, tiers: [{limit: 100, window: 10s}]}}
+quotas:
+  - {name: tickets, match: "POST /t", limit: 3, plans: {pro: 5}}
+  - {name: watched, match: "GET /a", limit: 100, mode: shadow}
+`
+
+// TestBudgetQuotas guards the quotas of GET /budget (SPEC §9, §10): each
+// quota that counts the identity, with its plan's limit, used, reserved,
+// remaining and the month's end; reading consumes nothing, and reading a
+// fresh identity creates nothing — no in-process entry, no Redis key.
+func TestBudgetQuotas(t *testing.T) {
+	for _, name := range []string{"memory", "redis-server"} {
+		t.Run(name, func(t *testing.T) {
+			o := harnessOpt{yaml: budgetQuotaConfig, keyFile: budgetKeys, upstream: statusUpstream()}
+			var client *redis.Client
+			if name == "redis-server" {
+				client = redistest.Start(t).Client(t)
+				l := ratelimit.NewLimiter(ratelimit.LimiterOptions{
+					Redis:   ratelimit.NewRedis(client),
+					Local:   ratelimit.NewMemory(time.Hour),
+					Timeout: time.Second,
+					Metrics: metrics.New(prometheus.NewRegistry(), "test"),
+				})
+				t.Cleanup(l.Close)
+				o.limiter = l
+			}
+			h := newHarness(t, o)
+			for range 2 {
+				if res := h.do("POST", "/t", "", "X-API-Key", skLive); res.StatusCode != 200 {
+					t.Fatalf("POST /t: %d", res.StatusCode)
+				}
+			}
+			now := time.Now().UTC()
+			next := time.Date(now.Year(), now.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+			var rep *BudgetReport
+			for range 100 { // settling ends after the answer
+				var body string
+				if _, body, rep = getBudget(t, h, "/budget", "X-API-Key", skLive); rep == nil {
+					t.Fatalf("no report: %s", body)
+				}
+				if len(rep.Quotas) == 2 && rep.Quotas[0].Reserved+rep.Quotas[1].Reserved == 0 {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if len(rep.Quotas) != 2 {
+				t.Fatalf("quotas %+v", rep.Quotas)
+			}
+			tq, wq := rep.Quotas[0], rep.Quotas[1]
+			if tq.Name == "watched" {
+				tq, wq = wq, tq
+			}
+			store := "memory"
+			if name == "redis-server" {
+				store = "redis"
+			}
+			want := QuotaBudget{Name: "tickets", Match: "POST /t", Mode: "enforce", Limit: 5, Used: 2, Remaining: 3,
+				ResetsAt: next.Format(time.RFC3339), ResetInSeconds: tq.ResetInSeconds, Store: store}
+			if tq != want || tq.ResetInSeconds <= 0 || tq.ResetInSeconds > int64(next.Sub(now)/time.Second)+1 {
+				t.Errorf("tickets %+v\nwant %+v", tq, want)
+			}
+			if wq.Name != "watched" || wq.Mode != "shadow" || wq.Limit != 100 || wq.Used != 0 || wq.Remaining != 100 {
+				t.Errorf("watched %+v", wq)
+			}
+			for range 50 {
+				getBudget(t, h, "/budget", "X-API-Key", skLive)
+			}
+			// Reading consumed nothing: exactly three more fit.
+			for i := range 3 {
+				if res := h.do("POST", "/t", "", "X-API-Key", skLive); res.StatusCode != 200 {
+					t.Fatalf("after the reads, request %d: %d", i, res.StatusCode)
+				}
+			}
+			h.wantError(h.do("POST", "/t", "", "X-API-Key", skLive), 403, "PLAN_LIMIT_REACHED")
+
+			// A fresh identity: the default plan's limit, nothing used,
+			// nothing created.
+			entries := func() any {
+				if client == nil {
+					return h.store.QuotaLen()
+				}
+				ks, err := client.Keys(context.Background(), "*").Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.Sort(ks)
+				return strings.Join(ks, " ")
+			}
+			before := entries()
+			_, body, fresh := getBudget(t, h, "/budget", "X-API-Key", skLive2)
+			if fresh == nil {
+				t.Fatalf("no report: %s", body)
+			}
+			for _, q := range fresh.Quotas {
+				if q.Name == "tickets" && (q.Limit != 3 || q.Used != 0 || q.Reserved != 0 || q.Remaining != 3) {
+					t.Errorf("fresh tickets %+v", q)
+				}
+			}
+			if after := entries(); after != before {
+				t.Errorf("reading a fresh identity created state: before %v, after %v", before, after)
+			}
+		})
+	}
+}

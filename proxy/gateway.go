@@ -88,6 +88,9 @@ type Gateway struct {
 	writeTimeout time.Duration
 	// quotaStore counts the quotas (SPEC §9), nil without any.
 	quotaStore ratelimit.QuotaStore
+	// quotaAllow, when the limiter can, reserves quotas with the rate
+	// limit's decision (one Redis round trip for both).
+	quotaAllow quotaAllower
 	// upstream holds the upstream's 429s, honoured for up to
 	// maxUpstreamRetry (rate_limit.max_upstream_retry_after).
 	upstream         *UpstreamLimits

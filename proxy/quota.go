@@ -17,7 +17,10 @@ import (
 )
 
 // Monthly plan quotas (SPEC §9). A request that a quota's pattern matches
-// reserves a slot after the rate limit ([route.reserveQuotas]) and settles
+// reserves a slot after the rate limit — in the rate limit's own Redis call
+// when the limiter can ([route.allow]: one round trip for both, made only
+// if the rate limit admits the request), else in a call of its own
+// ([route.reserveQuotas]) — and settles
 // it once the exchange is over ([Gateway.settleQuotas], from finish): a
 // commit when the upstream answered 2xx, a release on any other outcome
 // (an error of the upstream or of deskgate, a timeout, a client gone, a
@@ -66,6 +69,7 @@ func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
 		return errors.New("quotas: the rate-limit store cannot count quotas")
 	}
 	g.quotaStore = qs
+	g.quotaAllow, _ = o.Limiter.(quotaAllower)
 	var rules []*quotaRule
 	for i, qc := range cfg.Quotas {
 		qr := &quotaRule{cfg: qc, q: ratelimit.NewQuota(qc.Name), mux: http.NewServeMux(), shadow: qc.Shadow()}
@@ -88,30 +92,86 @@ func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
 	return nil
 }
 
-// reserveQuotas reserves a slot of every quota that counts r, adds each to
-// the RateLimit headers, and refuses with 403 PLAN_LIMIT_REACHED when one
-// is used up (a shadow quota only records it). On a refusal, the slots
-// already reserved for r are released by settleQuotas.
-func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *apierror.Error {
-	g := rt.g
-	var k ratelimit.Key
-	keyed := false
+// quotaAllower is a limiter that reserves quotas in its rate-limit call
+// (*ratelimit.Limiter).
+type quotaAllower interface {
+	AllowQuotas(ctx context.Context, p *ratelimit.Policy, k ratelimit.Key, asks []ratelimit.QuotaAsk) (ratelimit.Decision, error)
+}
+
+// quotaPlan is the quotas that count one request, found once: what to
+// reserve, and the rule of each.
+type quotaPlan struct {
+	found bool
+	asks  []ratelimit.QuotaAsk
+	rules []*quotaRule
+}
+
+// planQuotas returns the quotas that count r, in the route's order.
+func (rt *route) planQuotas(st *state, r *http.Request, id auth.Identity) *quotaPlan {
+	qp := &st.quotas
+	if qp.found {
+		return qp
+	}
+	qp.found = true
 	for _, qr := range rt.quotas {
 		if !qr.matches(r) {
 			continue
 		}
-		if !keyed {
-			k, keyed = rt.identityKey(st, id), true
+		qp.asks = append(qp.asks, ratelimit.QuotaAsk{
+			Quota: qr.q,
+			Limit: qr.cfg.LimitFor(id.Plan),
+			TTL:   rt.timeout + quotaMargin,
+			// An enforced quota's refusal refuses the request: the
+			// quotas after it need no slot.
+			Stop: !qr.shadow,
+		})
+		qp.rules = append(qp.rules, qr)
+	}
+	return qp
+}
+
+// allow asks the limiter's decision on k under p. When quotas count r and
+// the limiter can, their reservations go in the same call, made only if
+// the rate limit admits r; reserveQuotas then uses them.
+func (rt *route) allow(st *state, r *http.Request, id auth.Identity, p *ratelimit.Policy, k ratelimit.Key) (ratelimit.Decision, error) {
+	g := rt.g
+	if rt.quotas != nil && g.quotaAllow != nil {
+		if qp := rt.planQuotas(st, r, id); len(qp.asks) > 0 {
+			return g.quotaAllow.AllowQuotas(r.Context(), p, k, qp.asks)
 		}
-		limit := qr.cfg.LimitFor(id.Plan)
-		d, err := g.quotaStore.Reserve(r.Context(), qr.q, k, limit, rt.timeout+quotaMargin)
-		if err != nil {
-			if r.Context().Err() != nil {
-				st.canceled = true
-				st.cause = err
-				return errAbandoned
+	}
+	return g.limiter.Allow(r.Context(), p, k)
+}
+
+// reserveQuotas reserves a slot of every quota that counts r — the ones
+// the rate limit's call did not reserve (see allow): with no rate limit, a
+// shadow rate limit that refused, a decision from the deny cache, GCRA or
+// the in-process store — adds each to the RateLimit headers, and refuses
+// with 403 PLAN_LIMIT_REACHED when one is used up (a shadow quota only
+// records it). On a refusal, the slots already reserved for r are
+// released by settleQuotas.
+func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *apierror.Error {
+	g := rt.g
+	qp := rt.planQuotas(st, r, id)
+	if len(qp.rules) == 0 {
+		return nil
+	}
+	k := rt.identityKey(st, id)
+	for i, qr := range qp.rules {
+		a := &qp.asks[i]
+		limit := a.Limit
+		d := a.Decision
+		if !a.Done {
+			var err error
+			d, err = g.quotaStore.Reserve(r.Context(), qr.q, k, limit, a.TTL)
+			if err != nil {
+				if r.Context().Err() != nil {
+					st.canceled = true
+					st.cause = err
+					return errAbandoned
+				}
+				return apierror.New(apierror.ServiceUnavailable, fmt.Errorf("quota %s: %w", qr.cfg.Name, err))
 			}
-			return apierror.New(apierror.ServiceUnavailable, fmt.Errorf("quota %s: %w", qr.cfg.Name, err))
 		}
 		addQuotaHeaders(st.w.Header(), qr.cfg.Name, d)
 		if d.Held() {
@@ -174,11 +234,11 @@ func appendItem(h http.Header, key, item string) {
 
 // settleQuotas commits the request's slots when the upstream answered 2xx
 // and releases them otherwise. It runs in finish, after the answer (and
-// after a recovered panic); a committed answer is flushed first, so that
-// the client does not wait on the store.
+// after a recovered panic); the answer is flushed first, so that the
+// client does not wait on the store, whether it commits or releases.
 func (g *Gateway) settleQuotas(st *state, r *http.Request, aborted bool) {
 	commit := !st.ownReply && !st.proxyStart.IsZero() && st.w.status >= 200 && st.w.status < 300
-	if commit && !aborted {
+	if st.w.status != 0 && !aborted && !st.canceled {
 		_ = http.NewResponseController(&st.w).Flush()
 	}
 	ctx := context.WithoutCancel(r.Context())

@@ -52,6 +52,7 @@ type state struct {
 	shadow apierror.Code
 	quota  string
 	holds  []quotaHold
+	quotas quotaPlan // the quotas that count the request (quota.go)
 	// limitedBy is "upstream" when the refusal (or shadow refusal) came
 	// from the upstream's own 429 Retry-After, not deskgate's budget.
 	limitedBy string

@@ -191,13 +191,12 @@ func headerValue(h http.Header, key string) string {
 // rateLimit applies the route's budget (SPEC §4) and sets the RateLimit
 // headers; a refusal is 429 with the blocking tier's details.
 func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) *apierror.Error {
-	g := rt.g
 	lp := rt.limit.forPlan(id.Plan)
 	k := rt.identityKey(st, id)
 	if err, ok := rt.upstreamLimited(st, lp, k); ok {
 		return err
 	}
-	d, err := g.limiter.Allow(r.Context(), lp.p, k)
+	d, err := rt.allow(st, r, id, lp.p, k)
 	if err != nil {
 		if r.Context().Err() != nil {
 			st.canceled = true

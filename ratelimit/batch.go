@@ -49,9 +49,14 @@ type pending struct {
 	deadline time.Time // zero: none
 	p        *Policy
 	key      []byte
-	d        Decision
-	err      error
-	done     chan struct{} // one send when d and err are set, for a queued request
+	// asks are the quota reservations to make if the request is
+	// admitted (a copy: the batch may outlive the caller), and qkeys
+	// their keys, a hash and a set each.
+	asks  []QuotaAsk
+	qkeys []string
+	d     Decision
+	err   error
+	done  chan struct{} // one send when d and err are set, for a queued request
 }
 
 // MarshalBinary is how go-redis writes the key of a pending request: as
@@ -90,9 +95,22 @@ var (
 // It returns when Redis answered, at deadline (when not zero) or when ctx
 // ends.
 func (r *Redis) allow(ctx context.Context, deadline time.Time, p *Policy, k Key) (Decision, error) {
+	return r.allowQuotas(ctx, deadline, p, k, nil)
+}
+
+// allowQuotas is allow, and reserves asks' quotas in the same call when it
+// admits the request (setting their Done and Decision).
+func (r *Redis) allowQuotas(ctx context.Context, deadline time.Time, p *Policy, k Key, asks []QuotaAsk) (Decision, error) {
 	it := pendingPool.Get().(*pending)
 	it.ctx, it.deadline, it.p = ctx, deadline, p
 	it.key = appendRedisKey(it.key[:0], r.prefix, p.ID, k)
+	if len(asks) > 0 {
+		it.asks = append(it.asks[:0], asks...)
+		for _, a := range asks {
+			hash, set := r.quotaKeys(a.Quota, k)
+			it.qkeys = append(it.qkeys, hash, set)
+		}
+	}
 	b := &r.batch
 
 	b.mu.Lock()
@@ -106,7 +124,7 @@ func (r *Redis) allow(ctx context.Context, deadline time.Time, p *Policy, k Key)
 		clear(c.items)
 		callPool.Put(c)
 		r.handOver()
-		return it.release()
+		return it.release(asks)
 	}
 	b.queue = append(b.queue, it)
 	if b.inflight < b.maxInflight && b.starting == 0 {
@@ -118,7 +136,7 @@ func (r *Redis) allow(ctx context.Context, deadline time.Time, p *Policy, k Key)
 
 	select {
 	case <-it.done:
-		return it.release()
+		return it.release(asks)
 	case <-ctx.Done():
 		// it stays with its batch, which will still write to it: it is
 		// left to the garbage collector instead of the pool.
@@ -126,12 +144,46 @@ func (r *Redis) allow(ctx context.Context, deadline time.Time, p *Policy, k Key)
 	}
 }
 
-// release returns it to the pool with its outcome.
-func (it *pending) release() (Decision, error) {
+// release returns it to the pool with its outcome, the quotas' into asks.
+func (it *pending) release(asks []QuotaAsk) (Decision, error) {
 	d, err := it.d, it.err
+	if err == nil {
+		for i := range asks {
+			asks[i].Done, asks[i].Decision = it.asks[i].Done, it.asks[i].Decision
+		}
+	}
+	clear(it.asks)
+	clear(it.qkeys)
+	it.asks, it.qkeys = it.asks[:0], it.qkeys[:0]
 	it.ctx, it.p, it.d, it.err = nil, nil, Decision{}, nil
 	pendingPool.Put(it)
 	return d, err
+}
+
+// appendKeys appends it's keys to args: its log, then its quotas'.
+func (it *pending) appendKeys(args []any) []any {
+	args = append(args, it)
+	for _, k := range it.qkeys {
+		args = append(args, k)
+	}
+	return args
+}
+
+// numKeys is how many keys it has.
+func (it *pending) numKeys() int { return 1 + len(it.qkeys) }
+
+// appendArgs appends it's own ARGV: its policy's index, its number of
+// quotas and each one's limit, ttl (ms) and stop flag.
+func (it *pending) appendArgs(args []any, pol int) []any {
+	args = append(args, pol, len(it.asks))
+	for _, a := range it.asks {
+		stop := 0
+		if a.Stop {
+			stop = 1
+		}
+		args = append(args, a.Limit, max(int64(a.TTL/time.Millisecond), 1), stop)
+	}
+	return args
 }
 
 // handOver ends a call made by a request's own goroutine: its slot goes to
@@ -225,9 +277,13 @@ func (r *Redis) run(c *call) {
 		r.runPipeline(ctx, cc, items)
 		return
 	}
-	args := append(c.args[:0], argEvalSHA, argSHA, len(items))
+	nkeys := 0
 	for _, it := range items {
-		args = append(args, it)
+		nkeys += it.numKeys()
+	}
+	args := append(c.args[:0], argEvalSHA, argSHA, nkeys)
+	for _, it := range items {
+		args = it.appendKeys(args)
 	}
 	// Each policy of the call once (a call usually has one), then each
 	// request's policy by index.
@@ -242,7 +298,7 @@ func (r *Redis) run(c *call) {
 		args = append(args, p.scriptArgs...)
 	}
 	for _, it := range items {
-		args = append(args, slices.Index(pols, it.p)+1)
+		args = it.appendArgs(args, slices.Index(pols, it.p)+1)
 	}
 	clear(pols)
 	c.pols = pols[:0]
@@ -271,10 +327,14 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 	cmds := make([]*redis.Cmd, len(items))
 	_, _ = cc.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, it := range items {
-			args := make([]any, 0, 6+len(it.p.scriptArgs))
-			args = append(args, argEvalSHA, argSHA, 1, string(it.key), 1)
-			args = append(args, it.p.scriptArgs...)
+			args := make([]any, 0, 8+len(it.qkeys)+len(it.p.scriptArgs)+3*len(it.asks))
+			args = append(args, argEvalSHA, argSHA, it.numKeys(), string(it.key))
+			for _, k := range it.qkeys {
+				args = append(args, k)
+			}
 			args = append(args, 1)
+			args = append(args, it.p.scriptArgs...)
+			args = it.appendArgs(args, 1)
 			cmds[i] = pipe.Do(ctx, args...)
 		}
 		return nil
@@ -336,6 +396,30 @@ func parseReply(reply string, items []*pending) error {
 				Remaining: f[2],
 				Reset:     time.Duration(f[3]) * time.Microsecond,
 			}
+		}
+		for i := range it.asks {
+			a := &it.asks[i]
+			a.Done, a.Decision = false, QuotaDecision{}
+			var tok string
+			tok, rest, _ = strings.Cut(rest, " ")
+			if tok == "x" {
+				continue
+			}
+			var q [7]int64
+			for j := range q {
+				if j > 0 {
+					tok, rest, _ = strings.Cut(rest, " ")
+				}
+				v, err := strconv.ParseInt(tok, 10, 64)
+				if err != nil {
+					return fmt.Errorf("unexpected reply %q", reply)
+				}
+				q[j] = v
+			}
+			if errItem || !it.d.Allowed || q[0] < 0 || q[0] > 1 {
+				return fmt.Errorf("unexpected reply %q", reply)
+			}
+			a.Done, a.Decision = true, quotaDecision(a.Limit, q)
 		}
 	}
 	if rest != "" {

@@ -206,6 +206,19 @@ func (l *Limiter) count(store int, d Decision) Decision {
 // Allow decides one request of k against p. The only error is
 // [ErrUnavailable], under [FailClosed].
 func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
+	return l.AllowQuotas(ctx, p, k, nil)
+}
+
+// AllowQuotas decides one request as Allow does and, when Redis decides it
+// with the sliding log, makes the quota reservations of asks in the same
+// script call, only if the request is admitted (SPEC §9: one round trip
+// for both). It marks Done the asks so decided; the others (the request
+// refused, or decided elsewhere: the deny cache, GCRA, the in-process
+// store, redis.on_failure) are the caller's to reserve with Reserve.
+func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []QuotaAsk) (Decision, error) {
+	for i := range asks {
+		asks[i].Done, asks[i].Decision = false, QuotaDecision{}
+	}
 	if l.redis == nil {
 		d, _ := l.local.Allow(ctx, p, k)
 		return l.count(storeMemory, d), nil
@@ -227,7 +240,7 @@ func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error)
 	for {
 		f, leader := l.deny.join(p, k)
 		if leader {
-			return l.decide(ctx, p, k, now, f)
+			return l.decide(ctx, p, k, now, f, asks)
 		}
 		select {
 		case <-f.done:
@@ -242,7 +255,7 @@ func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error)
 			return l.failed(ctx, p, k)
 		}
 		if f.remaining >= queueBelow {
-			return l.decide(ctx, p, k, now, nil)
+			return l.decide(ctx, p, k, now, nil, asks)
 		}
 	}
 }
@@ -251,14 +264,15 @@ func (l *Limiter) Allow(ctx context.Context, p *Policy, k Key) (Decision, error)
 // miss the deny cache together ask Redis one at a time.
 const queueBelow = 8
 
-// decide asks Redis. now is read before the call; f, when not nil, is
-// the flight this call leads, released when the answer is known.
-func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight) (Decision, error) {
+// decide asks Redis, with asks' reservations for a sliding log. now is
+// read before the call; f, when not nil, is the flight this call leads,
+// released when the answer is known.
+func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight, asks []QuotaAsk) (Decision, error) {
 	var d Decision
 	var err error
 	if p.Algorithm == SlidingLog {
 		// Bounded by its deadline without a timer of its own: see allow.
-		d, err = l.redis.allow(ctx, time.Now().Add(l.timeout), p, k)
+		d, err = l.redis.allowQuotas(ctx, time.Now().Add(l.timeout), p, k, asks)
 	} else {
 		cctx, cancel := context.WithTimeout(ctx, l.timeout)
 		d, err = l.redis.Allow(cctx, p, k)

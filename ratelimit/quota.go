@@ -62,6 +62,24 @@ type QuotaDecision struct {
 	Reservation
 }
 
+// QuotaAsk is a reservation asked with a rate-limit decision
+// ([Limiter.AllowQuotas]): made in the same Redis call, and only when the
+// rate limit admits the request.
+type QuotaAsk struct {
+	Quota *Quota
+	Limit int64
+	TTL   time.Duration
+	// Stop: when this quota refuses, the ones after it are not asked (the
+	// request will be refused).
+	Stop bool
+
+	// Done is set when the reservation was decided with the request:
+	// Decision is then its outcome. Otherwise the caller reserves it with
+	// [QuotaStore.Reserve] if it still needs it.
+	Done     bool
+	Decision QuotaDecision
+}
+
 // QuotaStore reserves and settles quota slots. *Memory, *Redis and
 // *Limiter implement it.
 type QuotaStore interface {
@@ -187,23 +205,49 @@ func (m *Memory) Settle(_ context.Context, q *Quota, k Key, r Reservation, commi
 	return nil
 }
 
+// QuotaUsage is an identity's standing against a quota this month (SPEC
+// §10), read without consuming.
+type QuotaUsage struct {
+	// Used is what was committed this month; Reserved the slots held by
+	// requests in progress (they count until settled or expired).
+	Used, Reserved int64
+	// ResetAt is the start of the next month (UTC) and ResetIn the time
+	// until then, by the store's clock.
+	ResetAt time.Time
+	ResetIn time.Duration
+	// Store is memory, redis or local_fallback, as [Usage.Store].
+	Store string
+}
+
 // QuotaUsed returns k's count of q this month and the slots it holds, for
 // tests and budget inspection.
 func (m *Memory) QuotaUsed(q *Quota, k Key) (used, reserved int64) {
+	u, _ := m.QuotaUsage(context.Background(), q, k)
+	return u.Used, u.Reserved
+}
+
+// QuotaUsage returns k's standing against q this month. It reads only:
+// no entry is made for an identity the store does not hold. It never
+// fails.
+func (m *Memory) QuotaUsage(_ context.Context, q *Quota, k Key) (QuotaUsage, error) {
 	s := &m.quota
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	wall := s.now()
+	_, next := monthBounds(wall)
+	u := QuotaUsage{ResetAt: next, ResetIn: next.Sub(wall), Store: storeNames[storeMemory]}
 	e := s.m[memQuotaKey{q.id, k}]
-	if e == nil || e.month != monthIndex(s.now()) {
-		return 0, 0
+	if e == nil || e.month != monthIndex(wall) {
+		return u, nil
 	}
 	mono := m.clock()
 	for _, exp := range e.res {
 		if exp > mono {
-			reserved++
+			u.Reserved++
 		}
 	}
-	return e.used, reserved
+	u.Used = e.used
+	return u, nil
 }
 
 // sweepQuotas drops the counts of past months that hold no slot.
@@ -228,4 +272,12 @@ func (m *Memory) sweepQuotas() {
 // String describes d for test failures.
 func (d QuotaDecision) String() string {
 	return fmt.Sprintf("allowed=%v limit=%d remaining=%d reset=%s id=%d", d.Allowed, d.Limit, d.Remaining, d.ResetAt.Format(time.RFC3339), d.ID)
+}
+
+// QuotaLen is how many identities' quota counts the store holds (tests).
+func (m *Memory) QuotaLen() int {
+	s := &m.quota
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
 }

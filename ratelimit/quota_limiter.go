@@ -31,6 +31,28 @@ func (l *Limiter) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl
 	return d, nil
 }
 
+// QuotaUsage returns k's standing against q where the limiter counts
+// quotas now: the in-process store, Redis, or — while Redis is down with
+// redis.on_failure: local — the fallback store. It never consumes and
+// creates no state. With Redis down and another failure policy, it
+// returns [ErrUnavailable].
+func (l *Limiter) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error) {
+	if l.redis == nil {
+		return l.local.QuotaUsage(ctx, q, k)
+	}
+	if l.healthy.Load() {
+		cctx, cancel := context.WithTimeout(ctx, max(l.timeout, time.Second))
+		defer cancel()
+		return l.redis.QuotaUsage(cctx, q, k)
+	}
+	if l.onFailure == FailLocal {
+		u, err := l.local.QuotaUsage(ctx, q, k)
+		u.Store = storeNames[storeFallback]
+		return u, err
+	}
+	return QuotaUsage{}, ErrUnavailable
+}
+
 // quotaFailed applies redis.on_failure to a reservation.
 func (l *Limiter) quotaFailed(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {
 	switch l.onFailure {

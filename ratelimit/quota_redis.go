@@ -60,34 +60,47 @@ local function month_of(sec)
 end
 `
 
+// quotaReserveFnLua is the reservation itself, shared by the quota's own
+// script and the rate-limit script (which reserves with its decision, see
+// batch.go): reserve takes a slot of the quota whose hash is hk and set
+// sk, for ttl ms, when fewer than limit are used or reserved in month; now
+// is Redis' time in ms and reset the next month's start (Unix s). It
+// returns allowed (0/1), the slots taken after it and the slot's id (0
+// when refused).
+const quotaReserveFnLua = `
+local function reserve(hk, sk, limit, ttl, now, month, reset)
+  local h = redis.call('HMGET', hk, 'm', 'u')
+  local used = 0
+  if tonumber(h[1]) == month then
+    used = tonumber(h[2]) or 0
+  else
+    redis.call('DEL', sk)
+    redis.call('HSET', hk, 'm', string.format('%d', month), 'u', '0')
+  end
+  redis.call('ZREMRANGEBYSCORE', sk, '-inf', string.format('%d', now))
+  local taken = used + redis.call('ZCARD', sk)
+  local exp = string.format('%d', (reset + 86400) * 1000)
+  redis.call('PEXPIREAT', hk, exp)
+  if taken >= limit then
+    return 0, taken, 0
+  end
+  local id = redis.call('HINCRBY', hk, 'n', 1)
+  redis.call('ZADD', sk, string.format('%d', now + ttl), id)
+  redis.call('PEXPIREAT', sk, exp)
+  return 1, taken + 1, id
+end
+`
+
 // quotaReserveLua: KEYS: the hash, the set. ARGV: limit, ttl ms. Reply:
 // allowed (0/1), slots taken after the call, the reservation id (0 when
 // refused), month, month start and next month start (Unix s), now (ms).
-const quotaReserveLua = quotaMonthLua + `
+const quotaReserveLua = quotaMonthLua + quotaReserveFnLua + `
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local month, start, reset = month_of(sec)
-local limit = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 'm', 'u')
-local used = 0
-if tonumber(h[1]) == month then
-  used = tonumber(h[2]) or 0
-else
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'm', string.format('%d', month), 'u', '0')
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
-local taken = used + redis.call('ZCARD', KEYS[2])
-local exp = string.format('%d', (reset + 86400) * 1000)
-redis.call('PEXPIREAT', KEYS[1], exp)
-if taken >= limit then
-  return {0, taken, 0, month, start, reset, now}
-end
-local id = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[2])), id)
-redis.call('PEXPIREAT', KEYS[2], exp)
-return {1, taken + 1, id, month, start, reset, now}
+local ok, taken, id = reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now, month, reset)
+return {ok, taken, id, month, start, reset, now}
 `
 
 // quotaCommitLua: KEYS: the hash, the set. ARGV: reservation id, its
@@ -124,6 +137,12 @@ func (r *Redis) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl t
 	if len(v) != 7 {
 		return QuotaDecision{}, fmt.Errorf("quota script: unexpected reply %v", v)
 	}
+	return quotaDecision(limit, [7]int64(v)), nil
+}
+
+// quotaDecision reads a reservation's seven numbers: allowed, slots
+// taken, id, month, month start, next month start (Unix s), now (ms).
+func quotaDecision(limit int64, v [7]int64) QuotaDecision {
 	start, next := time.Unix(v[4], 0).UTC(), time.Unix(v[5], 0).UTC()
 	now := time.UnixMilli(v[6])
 	d := QuotaDecision{Limit: limit, ResetAt: next, ResetIn: next.Sub(now), Period: next.Sub(start)}
@@ -132,7 +151,7 @@ func (r *Redis) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl t
 		d.Remaining = max(limit-v[1], 0)
 		d.Reservation = Reservation{ID: v[2], Month: v[3], store: storeRedis}
 	}
-	return d, nil
+	return d
 }
 
 // Settle commits or releases r in one call.
@@ -157,22 +176,33 @@ func (r *Redis) Settle(ctx context.Context, q *Quota, k Key, res Reservation, co
 // QuotaUsed returns k's count of q in the month Redis is in and the slots
 // it holds, for tests and budget inspection. It reads only.
 func (r *Redis) QuotaUsed(ctx context.Context, q *Quota, k Key) (used, reserved int64, err error) {
-	hash, set := r.quotaKeys(q, k)
-	v, err := quotaUsedScript.Run(ctx, r.client, []string{hash, set}).Int64Slice()
-	if err != nil || len(v) != 2 {
-		return 0, 0, fmt.Errorf("quota read: %v %w", v, err)
-	}
-	return v[0], v[1], nil
+	u, err := r.QuotaUsage(ctx, q, k)
+	return u.Used, u.Reserved, err
 }
 
+// QuotaUsage returns k's standing against q in the month Redis is in, by
+// Redis' clock, in one script call that writes nothing (no key is made
+// for an identity that has none).
+func (r *Redis) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error) {
+	hash, set := r.quotaKeys(q, k)
+	v, err := quotaUsedScript.Run(ctx, r.client, []string{hash, set}).Int64Slice()
+	if err != nil || len(v) != 4 {
+		return QuotaUsage{}, fmt.Errorf("quota read: %v %w", v, err)
+	}
+	next := time.Unix(v[2], 0).UTC()
+	return QuotaUsage{Used: v[0], Reserved: v[1], ResetAt: next, ResetIn: next.Sub(time.UnixMilli(v[3])), Store: storeNames[storeRedis]}, nil
+}
+
+// quotaUsedScript: KEYS: the hash, the set. Reply: used, reserved, the
+// next month's start (Unix s), now (ms). It reads only.
 var quotaUsedScript = redis.NewScript(quotaMonthLua + `
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local month = month_of(sec)
+local month, _, reset = month_of(sec)
 local h = redis.call('HMGET', KEYS[1], 'm', 'u')
-if tonumber(h[1]) ~= month then return {0, 0} end
-return {tonumber(h[2]) or 0, redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%d', now), '+inf')}
+if tonumber(h[1]) ~= month then return {0, 0, reset, now} end
+return {tonumber(h[2]) or 0, redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%d', now), '+inf'), reset, now}
 `)
 
 func settleVerb(commit bool) string {

@@ -34,17 +34,30 @@ import (
 // longest window are dropped when the next request is recorded, and the key
 // expires with the longest window.
 //
-// KEYS: one log per request. ARGV: the number of policies in the call;
-// per policy, its number of tiers n, capacity, longest window in µs and
-// the key's TTL in ms, then n pairs of limit and window in µs; then, per
-// key, the index (from 1) of its policy. Reply: one string of four
-// numbers per request — allowed, tier, remaining, reset µs, with the
-// meaning of [Decision] — or "e 0 0 0" for a request whose key Redis
-// refused (a key of another type, a write refused for memory), then "|"
-// and the first such error.
+// A request may carry quota reservations (SPEC §9, [QuotaAsk]): the
+// script makes them, in order, only when it admits the request — a 429
+// consumes no quota — so that a request both limits count costs one round
+// trip. Their keys share the identity's hash tag with its log: one
+// request's keys are in one Cluster slot.
+//
+// KEYS: per request, its log, then the hash and the set of each of its
+// quotas. ARGV: the number of policies in the call; per policy, its number
+// of tiers n, capacity, longest window in µs and the key's TTL in ms, then
+// n pairs of limit and window in µs; then, per request, the index (from 1)
+// of its policy, its number of quotas, and per quota its limit, the
+// slot's ttl in ms and 1 when a refusal ends the reservations (0 when the
+// next are still made). Reply: one string, per request four numbers —
+// allowed, tier, remaining, reset µs, with the meaning of [Decision] — or
+// "e 0 0 0" for a request whose key Redis refused (a key of another type,
+// a write refused for memory), followed per quota by seven numbers —
+// allowed, slots taken, reservation id, month, month start and next month
+// start (Unix s), now (ms), as the quota's own script — or "x" when it was
+// not reserved (the request refused, an earlier quota refused it, or
+// Redis refused the quota's keys); then "|" and the first error of a
+// request.
 var slidingLogScript = redis.NewScript(slidingLogLua)
 
-const slidingLogLua = `
+const slidingLogLua = quotaMonthLua + quotaReserveFnLua + `
 local W = 13
 local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -72,9 +85,17 @@ for q = 1, tonumber(ARGV[1]) do
   pols[q] = pol
 end
 local out, failure = {}, nil
-for j = 1, #KEYS do
-  local key = KEYS[j]
-  local pol = pols[tonumber(ARGV[a + j - 1])]
+local qmonth, qstart, qreset, qnow
+local kc, j = 1, 0
+while a <= #ARGV do
+  j = j + 1
+  local key = KEYS[kc]
+  local pol = pols[tonumber(ARGV[a])]
+  local nq = tonumber(ARGV[a + 1])
+  local qa, qk = a + 2, kc + 1
+  a = a + 2 + 3 * nq
+  kc = kc + 1 + 2 * nq
+  local admitted = false
   local s = redis.pcall('GET', key)
   if type(s) == 'table' and s.err then
     failure = failure or s.err
@@ -124,8 +145,34 @@ for j = 1, #KEYS do
         out[j] = 'e 0 0 0'
       else
         out[j] = string.format('1 %d %d %d', rtier, rrem, rreset)
+        admitted = true
       end
     end
+  end
+  if nq > 0 then
+    local parts = {out[j]}
+    if admitted and not qmonth then
+      -- The quotas' month and time, from the call's one TIME.
+      local sec = math.floor(clock / 1000000)
+      qnow = math.floor(clock / 1000)
+      qmonth, qstart, qreset = month_of(sec)
+    end
+    local go = admitted
+    for i = 0, nq - 1 do
+      local ok, allowed, taken, id = false, 0, 0, 0
+      if go then
+        local lim, ttl = tonumber(ARGV[qa + 3 * i]), tonumber(ARGV[qa + 3 * i + 1])
+        ok, allowed, taken, id = pcall(reserve, KEYS[qk + 2 * i], KEYS[qk + 2 * i + 1], lim, ttl, qnow, qmonth, qreset)
+      end
+      if ok then
+        parts[i + 2] = string.format('%d %d %d %d %d %d %d', allowed, taken, id, qmonth, qstart, qreset, qnow)
+        if allowed == 0 and ARGV[qa + 3 * i + 2] == '1' then go = false end
+      else
+        parts[i + 2] = 'x'
+        go = false
+      end
+    end
+    out[j] = table.concat(parts, ' ')
   end
 end
 local reply = table.concat(out, ' ')
