@@ -404,6 +404,7 @@ var specMetrics = map[string]struct {
 	"deskgate_config_reloads_total":          {dto.MetricType_COUNTER, []string{"result"}},
 	"deskgate_config_last_reload_successful": {dto.MetricType_GAUGE, nil},
 	"deskgate_build_info":                    {dto.MetricType_GAUGE, []string{"goversion", "version"}},
+	"deskgate_trace_spans_dropped_total":     {dto.MetricType_COUNTER, nil}, // SPEC §11
 }
 
 // TestMetricsAfterTrafficMix guards SPEC §6's metrics end to end: after a

@@ -37,6 +37,9 @@ type Metrics struct {
 	ConfigLastReloadOK prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 	CORSPreflights     *prometheus.CounterVec
+	// TraceSpansDropped counts the spans recorded but never exported
+	// (SPEC §11): queue full, export failed, or left at shutdown.
+	TraceSpansDropped prometheus.Counter
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -116,12 +119,16 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_cors_preflights_total",
 			Help: "CORS preflights answered by deskgate, by route pattern and result (allowed, refused).",
 		}, []string{"route", "result"}),
+		TraceSpansDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_trace_spans_dropped_total",
+			Help: "Trace spans recorded but not exported: the export queue was full, the collector refused or did not answer in time, or shutdown came first.",
+		}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
 		m.UpstreamErrors, m.Normalized, m.RateLimitDecisions,
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
-		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
+		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights, m.TraceSpansDropped,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -210,6 +217,11 @@ func (r *Route) Name() string { return r.name }
 func (r *Route) Observe(method string, status int, seconds float64) {
 	mi := MethodIndex(method)
 	r.duration[mi].Observe(seconds)
+	r.count(mi, status)
+}
+
+// count counts one answer of the method of index mi.
+func (r *Route) count(mi, status int) {
 	if status < 0 || status >= 600 {
 		r.m.Requests.WithLabelValues(r.name, Methods[mi], StatusText(status)).Inc()
 		return
@@ -224,6 +236,26 @@ func (r *Route) Observe(method string, status int, seconds float64) {
 	(*c).Inc()
 }
 
+// ObserveTraced is [Route.Observe] for a request whose trace is sampled:
+// its duration carries the trace id as an exemplar (served in the
+// OpenMetrics format), so that a dashboard can link a slow bucket to a
+// trace. It allocates the exemplar's labels: call it for sampled requests
+// only.
+func (r *Route) ObserveTraced(method string, status int, seconds float64, traceID string) {
+	mi := MethodIndex(method)
+	observeTraced(r.duration[mi], seconds, traceID)
+	r.count(mi, status)
+}
+
+// observeTraced observes v with the exemplar {trace_id="<id>"}.
+func observeTraced(o prometheus.Observer, v float64, traceID string) {
+	if eo, ok := o.(prometheus.ExemplarObserver); ok && traceID != "" {
+		eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": traceID})
+		return
+	}
+	o.Observe(v)
+}
+
 // Reject counts one error deskgate answered itself.
 func (r *Route) Reject(code string) {
 	if c, ok := r.rejects[code]; ok {
@@ -235,6 +267,12 @@ func (r *Route) Reject(code string) {
 
 // Upstream observes the time to the upstream's response headers.
 func (r *Route) Upstream(seconds float64) { r.upstream.Observe(seconds) }
+
+// UpstreamTraced is [Route.Upstream] with the trace id as an exemplar
+// (see [Route.ObserveTraced]).
+func (r *Route) UpstreamTraced(seconds float64, traceID string) {
+	observeTraced(r.upstream, seconds, traceID)
+}
 
 // UpstreamError counts one upstream failure of kind connect, timeout or
 // protocol.
