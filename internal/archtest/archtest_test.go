@@ -83,6 +83,10 @@ var rules = map[string]rule{
 		allow: []string{"./apierror", "./auth", "./config", "./metrics", "./ratelimit", "github.com/rs/cors"},
 		why:   "the request path composes the layers below it; it builds no Redis client and reaches no example or test code",
 	},
+	"tracing": {
+		allow: []string{"go.opentelemetry.io/otel/", "./config"},
+		why:   "W3C trace context and the OpenTelemetry SDK and exporter live here alone: proxy calls its small hooks, main builds its provider; auth and ratelimit see only the OpenTelemetry API through their contexts",
+	},
 	"internal/supportdesk": {
 		why: "the example upstream stands alone: it is SupportDesk, not part of the gateway",
 	},
@@ -123,8 +127,8 @@ func TestImports(t *testing.T) {
 }
 
 // TestBinaryCarriesNoHarness: the gateway binary depends on no test
-// harness (internal/redistest, internal/faultproxy), and none of our
-// packages in it imports package testing.
+// harness (internal/redistest, internal/faultproxy, internal/otlptest),
+// and none of our packages in it imports package testing.
 func TestBinaryCarriesNoHarness(t *testing.T) {
 	pkgs := listPackages(t)
 	root := pkgs[module]
@@ -132,7 +136,7 @@ func TestBinaryCarriesNoHarness(t *testing.T) {
 		t.Fatal("the root package is missing")
 	}
 	for _, d := range append(root.Deps, module) {
-		if strings.HasPrefix(d, module+"/internal/redistest") || strings.HasPrefix(d, module+"/internal/faultproxy") {
+		if strings.HasPrefix(d, module+"/internal/redistest") || strings.HasPrefix(d, module+"/internal/faultproxy") || strings.HasPrefix(d, module+"/internal/otlptest") {
 			t.Errorf("the deskgate binary depends on %s", d)
 		}
 		if p := pkgs[d]; p != nil && strings.HasPrefix(d, module) && slices.Contains(p.Imports, "testing") {
