@@ -38,6 +38,9 @@ type route struct {
 	// for one.
 	slots   *hostSlots
 	timeout time.Duration
+	// upHost and upPort name the upstream on its span (SPEC §11).
+	upHost string
+	upPort int
 }
 
 // ServeHTTP lets a route stand in ServeMux, which the gateway only asks
@@ -61,6 +64,18 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type hostSlots struct {
 	c    chan struct{}
 	host string
+}
+
+// hostPort returns u's host and port, the port made explicit.
+func hostPort(u *url.URL) (string, int) {
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		port = 80
+		if u.Scheme == "https" {
+			port = 443
+		}
+	}
+	return u.Hostname(), port
 }
 
 // slotKey names an upstream host: scheme, host and port, the port made
@@ -175,6 +190,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 			}
 		}
 		rt.timeout = timeout
+		rt.upHost, rt.upPort = hostPort(u)
 		key := slotKey(u)
 		if rt.slots = slots[key]; rt.slots == nil {
 			rt.slots = &hostSlots{c: make(chan struct{}, cfg.Upstream.MaxConnsPerHost), host: u.Host}

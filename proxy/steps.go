@@ -47,6 +47,7 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
 	}
 	st.proxyStart = time.Now()
+	g.tracer.Upstream(&st.trace, r.Header, r.Method, rt.upHost, rt.upPort, st.proxyStart)
 	rt.proxy.ServeHTTP(&st.w, r)
 	return nil
 }
@@ -56,7 +57,7 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 func (rt *route) authenticate(st *state, r *http.Request) (auth.Identity, *apierror.Error) {
 	h := r.Header
 	st.keyPrefix = auth.DisplayPrefix(headerValue(h, "X-Api-Key"))
-	id, err := rt.g.auth.Authenticate(r.Context(), h["X-Api-Key"], rt.policy)
+	id, err := rt.g.auth.Authenticate(st.trace.Context(r.Context()), h["X-Api-Key"], rt.policy)
 	if err != nil {
 		return id, err
 	}
@@ -195,7 +196,7 @@ func (rt *route) rateLimit(st *state, r *http.Request, id auth.Identity) *apierr
 	default:
 		k = ratelimit.KeyFromHash(id.Key.Hash)
 	}
-	d, err := g.limiter.Allow(r.Context(), lp.p, k)
+	d, err := g.limiter.Allow(st.trace.Context(r.Context()), lp.p, k)
 	if err != nil {
 		if r.Context().Err() != nil {
 			st.canceled = true
@@ -318,6 +319,7 @@ func (g *Gateway) exchangeError(st *state, r *http.Request, err error) *apierror
 		return apierror.New(apierror.PayloadTooLarge, err)
 	}
 	kind := upstreamErrorKind(err)
+	st.upstreamKind = kind
 	st.route.UpstreamError(kind)
 	if kind == "timeout" {
 		return apierror.New(apierror.GatewayTimeout, err)
