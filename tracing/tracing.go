@@ -26,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -418,4 +419,13 @@ func methodName(m string) string {
 		return "HTTP"
 	}
 	return m
+}
+
+// SetLogger sends the OpenTelemetry SDK's own errors (which it reports
+// through a process-wide handler, not to the caller) to log. Call it once,
+// from main.
+func SetLogger(log *slog.Logger) {
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("opentelemetry", "error", err.Error())
+	}))
 }
