@@ -40,6 +40,9 @@ import (
 // scope is the instrumentation scope of the server and upstream spans.
 const scope = "github.com/innovartx/deskgate/proxy"
 
+// maxAttrLen bounds a span attribute's value, in characters.
+const maxAttrLen = 1024
+
 // Counter is what a Provider counts its dropped spans into
 // (deskgate_trace_spans_dropped_total).
 type Counter interface{ Add(float64) }
@@ -128,7 +131,12 @@ func NewProvider(cfg config.Tracing, o Options) (*Provider, error) {
 		return nil, fmt.Errorf("tracing: resource: %w", err)
 	}
 	q := newQueue(exp, o)
+	// A path or a request id is at most a header's size; a span value
+	// need not be.
+	limits := sdktrace.NewSpanLimits()
+	limits.AttributeValueLengthLimit = maxAttrLen
 	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithSpanLimits(limits),
 		// deskgate decides which traces to record before it asks the
 		// SDK for a span (see Tracer.Begin): every span the SDK is
 		// asked for is recorded.

@@ -260,6 +260,20 @@ func TestSpans(t *testing.T) {
 	}
 }
 
+// TestLongPathCut: a span attribute is cut at maxAttrLen characters, so
+// a 32 KB path costs the collector 1 KB.
+func TestLongPathCut(t *testing.T) {
+	c := otlptest.New(t)
+	p := newTestProvider(t, c, Options{})
+	var q Request
+	p.Tracer(1).Begin(&q, context.Background(), http.Header{}, time.Now())
+	q.End(&Outcome{Method: "GET", Path: "/" + strings.Repeat("a", 32<<10), Status: 404, End: time.Now()})
+	_ = p.ForceFlush(context.Background())
+	if got := len(c.Wait(1, 5*time.Second)[0].Attrs["url.path"]); got != maxAttrLen {
+		t.Errorf("url.path of %d characters exported, want %d", got, maxAttrLen)
+	}
+}
+
 // TestUnknownMethodName: a made-up method is neither a span name nor an
 // attribute value (a client cannot grow a backend's operation list).
 func TestUnknownMethodName(t *testing.T) {
