@@ -553,8 +553,10 @@ func TestKustomization(t *testing.T) {
 // that exist, gives deskgate a valid config whose upstream, Redis and admin
 // listener are the compose services and published ports, lets deskgate
 // drain within stop_grace_period, runs Redis noeviction, points Prometheus
-// at deskgate's admin listener with its rule files mounted, and provisions
-// Grafana with the Prometheus data source and the dashboard.
+// at deskgate's admin listener with its rule files mounted, provisions
+// Grafana with the Prometheus data source and the dashboard, and wires
+// traces from deskgate to Jaeger and from Grafana's exemplars to them
+// (checkComposeTracing).
 func TestComposeWiring(t *testing.T) {
 	docs, err := yamlDocs("deploy/docker-compose.yml")
 	if err != nil || len(docs) != 1 {
@@ -709,8 +711,15 @@ func TestComposeWiring(t *testing.T) {
 	gf := svc["grafana"]
 	var ds struct {
 		Datasources []struct {
-			Type string `yaml:"type"`
-			URL  string `yaml:"url"`
+			UID      string `yaml:"uid"`
+			Type     string `yaml:"type"`
+			URL      string `yaml:"url"`
+			JSONData struct {
+				ExemplarTraceIDDestinations []struct {
+					Name          string `yaml:"name"`
+					DatasourceUID string `yaml:"datasourceUid"`
+				} `yaml:"exemplarTraceIdDestinations"`
+			} `yaml:"jsonData"`
 		} `yaml:"datasources"`
 	}
 	var dash struct {
@@ -737,9 +746,27 @@ func TestComposeWiring(t *testing.T) {
 	}
 	decodeAll("/etc/grafana/provisioning/datasources", &ds)
 	decodeAll("/etc/grafana/provisioning/dashboards", &dash)
-	if len(ds.Datasources) != 1 || ds.Datasources[0].Type != "prometheus" || ds.Datasources[0].URL != "http://prometheus:9090" {
-		t.Errorf("Grafana data sources %+v, want the prometheus service", ds.Datasources)
+	byUID := map[string]int{}
+	promDS := -1
+	for i, d := range ds.Datasources {
+		byUID[d.UID] = i
+		if d.Type == "prometheus" {
+			if promDS >= 0 || d.URL != "http://prometheus:9090" {
+				t.Errorf("Grafana data sources %+v, want one prometheus, the prometheus service", ds.Datasources)
+			}
+			promDS = i
+		}
 	}
+	if promDS < 0 {
+		t.Fatalf("Grafana data sources %+v, want the prometheus service", ds.Datasources)
+	}
+	checkComposeTracing(t, svc, cfg, ds.Datasources[promDS].JSONData.ExemplarTraceIDDestinations, func(uid string) (typ, url string, ok bool) {
+		i, ok := byUID[uid]
+		if !ok {
+			return "", "", false
+		}
+		return ds.Datasources[i].Type, ds.Datasources[i].URL, true
+	})
 	if len(dash.Providers) != 1 {
 		t.Fatalf("dashboard providers %+v", dash.Providers)
 	}
@@ -750,6 +777,77 @@ func TestComposeWiring(t *testing.T) {
 	}
 	if b, err := os.ReadFile(dashFile); err != nil || json.Unmarshal(b, &d) != nil || len(d.Panels) == 0 {
 		t.Errorf("the provisioned dashboard %s is not a dashboard with panels (%v)", dashFile, err)
+	}
+}
+
+// checkComposeTracing guards SPEC §11's wiring in docker compose: deskgate
+// exports to the jaeger service's OTLP/HTTP receiver, which listens on
+// every interface of its container on that port; Prometheus keeps
+// exemplars; Grafana's Prometheus data source links an exemplar's
+// trace_id (the label metrics.Route.ObserveTraced sets) to a Jaeger data
+// source on the jaeger service, whose UI is published; and the dashboard
+// asks for the exemplars of the duration histograms.
+func checkComposeTracing(t *testing.T, svc map[string]composeService, cfg *config.Config, dests []struct {
+	Name          string `yaml:"name"`
+	DatasourceUID string `yaml:"datasourceUid"`
+}, datasource func(uid string) (typ, url string, ok bool)) {
+	t.Helper()
+	jaeger, ok := svc["jaeger"]
+	if !ok {
+		t.Fatal("no jaeger service to receive deskgate's spans")
+	}
+	if !cfg.Tracing.Enabled() || cfg.Tracing.SampleRatio <= 0 {
+		t.Fatalf("compose config: tracing %+v, want an endpoint and a sample ratio", cfg.Tracing)
+	}
+	u, err := config.ParseOTLPEndpoint(cfg.Tracing.OTLPEndpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "receivers.otlp.protocols.http.endpoint=0.0.0.0:" + u.Port()
+	if u.Hostname() != "jaeger" || u.Port() != "4318" || u.Path != "/v1/traces" || !slices.Contains(jaeger.Command, want) {
+		t.Errorf("tracing.otlp_endpoint %s (traces at %s), jaeger command %q: want jaeger:4318, received on 0.0.0.0 (%s)", cfg.Tracing.OTLPEndpoint, u, jaeger.Command, want)
+	}
+	if !slices.Contains(jaeger.containerPorts(t), 16686) {
+		t.Errorf("jaeger publishes %v, not its UI (16686)", jaeger.Ports)
+	}
+	if !slices.ContainsFunc(svc["prometheus"].Command, func(a string) bool {
+		v, ok := strings.CutPrefix(a, "--enable-feature=")
+		return ok && slices.Contains(strings.Split(v, ","), "exemplar-storage")
+	}) {
+		t.Errorf("prometheus command %q: exemplars are dropped without --enable-feature=exemplar-storage", svc["prometheus"].Command)
+	}
+	linked := false
+	for _, d := range dests {
+		typ, url, ok := datasource(d.DatasourceUID)
+		if d.Name == "trace_id" && ok && typ == "jaeger" && url == "http://jaeger:16686" {
+			linked = true
+		}
+	}
+	if !linked {
+		t.Errorf("the Prometheus data source's exemplarTraceIdDestinations %+v link no trace_id to a jaeger data source on http://jaeger:16686", dests)
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct {
+				Expr     string `json:"expr"`
+				Exemplar bool   `json:"exemplar"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	b, err := os.ReadFile("deploy/grafana/deskgate.json")
+	if err != nil || json.Unmarshal(b, &dash) != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	for _, h := range []string{"deskgate_request_duration_seconds_bucket", "deskgate_upstream_duration_seconds_bucket"} {
+		asked := false
+		for _, p := range dash.Panels {
+			for _, tg := range p.Targets {
+				asked = asked || tg.Exemplar && strings.Contains(tg.Expr, h)
+			}
+		}
+		if !asked {
+			t.Errorf("no dashboard query of %s asks for exemplars", h)
+		}
 	}
 }
 

@@ -51,6 +51,7 @@ import (
 	"github.com/innovartx/deskgate/proxy"
 	"github.com/innovartx/deskgate/ratelimit"
 	"github.com/innovartx/deskgate/tlsedge"
+	"github.com/innovartx/deskgate/tracing"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -396,6 +397,8 @@ type app struct {
 	current     atomic.Pointer[proxy.Gateway]
 	cfg         atomic.Pointer[config.Config]
 	ready       atomic.Bool
+	// traces are the trace providers (SPEC §11).
+	traces traces
 }
 
 // keyStore returns the key store of cfg. The Redis store (and its cache)
@@ -425,16 +428,22 @@ func (a *app) keyStore(cfg *config.Config) (auth.KeyStore, error) {
 	return nil, nil
 }
 
-func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
+// build builds the gateway of cfg, with the trace provider it exports to
+// (nil: export off), which the caller adopts once the gateway is in use.
+func (a *app) build(cfg *config.Config) (*proxy.Gateway, *tracing.Provider, error) {
 	store, err := a.keyStore(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	authn, err := auth.New(cfg.Auth, store)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return proxy.New(proxy.Options{
+	tp, err := a.traces.forConfig(cfg.Tracing)
+	if err != nil {
+		return nil, nil, err
+	}
+	gw, err := proxy.New(proxy.Options{
 		AccessLog:     a.out,
 		AccessLogText: cfg.Log.Format == "text",
 		LogLevel:      a.level,
@@ -445,7 +454,13 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 		Logger:        a.log,
 
 		UpstreamLimits: a.upstream429,
+		Tracer:         tp.Tracer(cfg.Tracing.SampleRatio),
 	})
+	if err != nil {
+		a.traces.discard(tp)
+		return nil, nil, err
+	}
+	return gw, tp, nil
 }
 
 // reload loads, validates and builds the config at path, then swaps it in
@@ -454,9 +469,10 @@ func (a *app) build(cfg *config.Config) (*proxy.Gateway, error) {
 func (a *app) reload(path string) {
 	cfg, err := config.Load(path)
 	var gw *proxy.Gateway
+	var tp *tracing.Provider
 	if err == nil {
 		_ = a.listen.apply(cfg, false)
-		gw, err = a.build(cfg)
+		gw, tp, err = a.build(cfg)
 	}
 	if err != nil {
 		a.metrics.ConfigReloads.WithLabelValues("failure").Inc()
@@ -487,6 +503,13 @@ func (a *app) reload(path string) {
 	a.cfg.Store(cfg)
 	prev := a.current.Swap(gw)
 	prev.Close()
+	grace := max(minRetireGrace, longestTimeout(old))
+	if a.traces.adopt(tp, cfg.Tracing, grace, cfg.Server.ShutdownTimeout.D()) {
+		// The old provider keeps exporting the spans of the requests
+		// still in flight on the old gateway.
+		a.log.Info("tracing export changed; the previous exporter stops after a grace period",
+			"otlp_endpoint", cfg.Tracing.OTLPEndpoint, "service_name", cfg.Tracing.ServiceName, "grace", grace.String())
+	}
 	a.metrics.ConfigReloads.WithLabelValues("success").Inc()
 	a.metrics.ConfigLastReloadOK.Set(1)
 	a.log.Info("config reloaded", "routes", len(cfg.Routes))
@@ -523,10 +546,20 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 	}
 	a.limiter = limiter
 	defer limiter.Close()
-	gw, err := a.build(cfg)
+	tracing.SetLogger(a.log)
+	a.traces.opts = tracing.Options{Version: buildVersion(), Dropped: a.metrics.TraceSpansDropped, Logger: a.log}
+	gw, tp, err := a.build(cfg)
 	if err != nil {
 		return err
 	}
+	a.traces.adopt(tp, cfg.Tracing, 0, 0)
+	// Spans still queued if serve returns early (a clean shutdown has
+	// flushed them already, within shutdown_timeout).
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.D())
+		defer cancel()
+		a.traces.shutdown(ctx)
+	}()
 	a.current.Store(gw)
 	a.cfg.Store(cfg)
 
@@ -622,7 +655,8 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 		"rate_limit_store", a.limiter.StoreName(),
 		"rate_limit_fallback_active", a.limiter.FallbackActive(),
 		"redis", redisTopology(cfg.Redis),
-		"key_store", keyStoreName(cfg.Auth))
+		"key_store", keyStoreName(cfg.Auth),
+		"tracing", tracingTarget(cfg.Tracing))
 
 	changed := make(chan struct{}, 1)
 	wctx, stopWatch := context.WithCancel(ctx)
@@ -666,6 +700,9 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 	// Keep accepting while load balancers notice /readyz failing.
 	time.Sleep(final.ShutdownDelay.D())
 	err = pub.Shutdown(sctx)
+	// The spans of the requests just finished, and of any retired
+	// exporter, within what is left of shutdown_timeout.
+	a.traces.shutdown(sctx)
 	_ = admin.Shutdown(sctx)
 	if redirect != nil {
 		_ = redirect.Shutdown(sctx)
@@ -742,6 +779,14 @@ func tlsMode(t config.TLS) string {
 		return "files"
 	}
 	return "off"
+}
+
+// tracingTarget is what the start-up line says of tracing.
+func tracingTarget(cfg config.Tracing) string {
+	if !cfg.Enabled() {
+		return "off (traceparent passed through)"
+	}
+	return cfg.OTLPEndpoint
 }
 
 func redisTopology(cfg config.Redis) string {

@@ -77,7 +77,7 @@ colour: blue
 		bad + `: upstream.url: want an http:// or https:// URL, got "ftp://x"`,
 		bad + `: routes[1].pattern: pattern "/a" conflicts with pattern "/a": /a matches the same requests as /a`,
 		bad + `: routes[1].auth: must be secret, public or none, got "maybe"`,
-		bad + `: colour: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
+		bad + `: colour: unknown key (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log, tracing)`,
 	}
 	got := strings.Split(strings.TrimSpace(errb.String()), "\n")
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -413,6 +413,7 @@ var specMetrics = map[string]struct {
 	// SPEC §12. The expiry gauge has series only with TLS on.
 	"deskgate_tls_handshake_errors_total":               {dto.MetricType_COUNTER, nil},
 	"deskgate_tls_certificate_expiry_timestamp_seconds": {dto.MetricType_GAUGE, []string{"name"}},
+	"deskgate_trace_spans_dropped_total":                {dto.MetricType_COUNTER, nil}, // SPEC §11
 }
 
 // tlsOnlySeries are metrics with series only when server.tls is on; the

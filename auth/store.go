@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/innovartx/deskgate/config"
 )
@@ -29,6 +32,9 @@ type App struct {
 type KeyStore interface {
 	Lookup(ctx context.Context, hash [32]byte) (*App, error)
 }
+
+// tracerName is the instrumentation scope of the key store's spans.
+const tracerName = "github.com/innovartx/deskgate/auth"
 
 // FileStore is the key store of `auth.store: file`: the key file, in
 // memory, indexed by hash. It is rebuilt at every config load.
@@ -249,8 +255,28 @@ func (s *RedisStore) put(sh *cacheShard, hash [32]byte, e cacheEntry) {
 	sh.m[hash] = e
 }
 
-func (s *RedisStore) fetch(ctx context.Context, hash [32]byte) (*App, error) {
+func (s *RedisStore) fetch(ctx context.Context, hash [32]byte) (app *App, err error) {
 	s.lookups.Add(1)
+	if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
+		// SPEC §11: a lookup that goes to Redis is a child span of
+		// the request whose trace is recorded (the one that made the
+		// call, when several wait on it). It names no key, nor its
+		// hash.
+		var span trace.Span
+		ctx, span = parent.TracerProvider().Tracer(tracerName).Start(ctx, "key store lookup",
+			trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(
+				attribute.String("db.system.name", "redis"),
+				attribute.String("db.operation.name", "HGETALL")))
+		defer func() {
+			span.SetAttributes(attribute.Bool("deskgate.key_store.found", app != nil))
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, "key store cannot answer")
+			}
+			span.End()
+		}()
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	key := s.prefix + hex.EncodeToString(hash[:])
@@ -262,7 +288,7 @@ func (s *RedisStore) fetch(ctx context.Context, hash [32]byte) (*App, error) {
 		return nil, nil
 	}
 	record := s.prefix + hex.EncodeToString(hash[:4]) + "…"
-	app := &App{ID: fields["app"], Plan: fields["plan"], Active: fields["status"] == "active"}
+	app = &App{ID: fields["app"], Plan: fields["plan"], Active: fields["status"] == "active"}
 	if app.ID == "" {
 		// A record without its app cannot say whom to bill: the key
 		// is refused, and the operator told (by hash prefix only).

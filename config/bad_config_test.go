@@ -24,7 +24,7 @@ func badLookup(name string) (string, bool) {
 var badConfigs = map[string][]string{
 	// Unknown keys, at every level (SPEC §5 "Unknown keys are errors").
 	"unknown_top_level_key": {
-		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
+		`watch_confg: unknown key; did you mean "watch_config"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log, tracing)`,
 	},
 	"unknown_nested_key": {
 		`server.lissten: unknown key; did you mean "listen"? (valid keys: listen, read_header_timeout, read_timeout, write_timeout, idle_timeout, max_header_bytes, max_body_bytes, shutdown_timeout, shutdown_delay, trusted_proxies, allow_semicolon_paths, tls, redirect_http)`,
@@ -43,6 +43,21 @@ var badConfigs = map[string][]string{
 		`routes[1].rate_limit.mode: bucket "x" is also defined by routes[0] with mode "shadow"`,
 		`routes[2].rate_limit.mode: must be enforce or shadow, got "off"`,
 		"routes[3].rate_limit.bucket: required: a route's own rate_limit block names a separate budget",
+	},
+
+	// SPEC §11.
+	"tracing_bad": {
+		`tracing.otlp_endpoint: want an OTLP/HTTP URL such as http://otel-collector:4318, got "otel-collector:4318"`,
+		"tracing.sample_ratio: must be between 0 and 1, got 1.5",
+		"tracing.service_name: must not be empty",
+	},
+	"tracing_types": {
+		`tracing.otlp_endpoint: must have no user, query or fragment, got "http://collector:4318/v1/traces?x=1"`,
+		`tracing.sample_ratio: want a number, got "often"`,
+		"tracing.sampler: unknown key (valid keys: otlp_endpoint, sample_ratio, service_name)",
+	},
+	"tracing_nan": {
+		"tracing.sample_ratio: must be between 0 and 1, got NaN",
 	},
 
 	// Values of the wrong kind.
@@ -284,7 +299,7 @@ var badConfigs = map[string][]string{
 		`routes[0].cors: true needs cors.allowed_origins`,
 	},
 	"many_decode_errors": {
-		`serverr: unknown key; did you mean "server"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log)`,
+		`serverr: unknown key; did you mean "server"? (valid keys: server, admin, upstream, redis, auth, rate_limit, cors, routes, quotas, watch_config, messages, log, tracing)`,
 		"server.listen: want a string, got a list",
 		`server.idle_timeout: invalid duration "forever" (want e.g. 50ms, 10s, 1m)`,
 		`server.max_body_bytes: want an integer, got "10"`,

@@ -31,6 +31,7 @@ type Config struct {
 	WatchConfig bool              `yaml:"watch_config"`
 	Messages    map[string]string `yaml:"messages"`
 	Log         Log               `yaml:"log"`
+	Tracing     Tracing           `yaml:"tracing"`
 
 	// KeyFile is auth.file's content, loaded by [Load] when auth.store is
 	// file.
@@ -303,6 +304,26 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
+// Tracing is W3C trace context and OpenTelemetry export (SPEC §11). The
+// client's traceparent and tracestate reach the upstream whatever it
+// says; with an endpoint, deskgate records spans and exports them.
+type Tracing struct {
+	// OTLPEndpoint is the OTLP/HTTP collector: a base URL such as
+	// http://otel-collector:4318 (/v1/traces is appended when it has no
+	// path) or the full URL of the traces endpoint. Empty: no export.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// SampleRatio is the share of the traces deskgate starts itself
+	// (the client sent no valid traceparent) that are recorded and
+	// exported, from 0 to 1. A sampled incoming traceparent is always
+	// kept, an unsampled one never (parent-based).
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// ServiceName is the service.name resource attribute of the spans.
+	ServiceName string `yaml:"service_name"`
+}
+
+// Enabled reports whether spans are exported.
+func (t Tracing) Enabled() bool { return t.OTLPEndpoint != "" }
+
 // Duration is a time.Duration written as in Go: "50ms", "10s", "1m".
 type Duration time.Duration
 
@@ -406,6 +427,7 @@ func Default() *Config {
 		},
 		Messages: map[string]string{},
 		Log:      Log{Level: "info", Format: "json"},
+		Tracing:  Tracing{SampleRatio: 0.01, ServiceName: "deskgate"},
 	}
 }
 

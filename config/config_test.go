@@ -783,3 +783,36 @@ func TestClosest(t *testing.T) {
 		t.Errorf("closest(tls, log) = %q, want none", got)
 	}
 }
+
+// TestParseTracing guards SPEC §11's tracing block: its defaults (no
+// export, 1 % of new traces, service deskgate), a written block, and the
+// traces URL an endpoint gives.
+func TestParseTracing(t *testing.T) {
+	cfg := mustParse(t, minimal, noEnv)
+	if want := (Tracing{SampleRatio: 0.01, ServiceName: "deskgate"}); cfg.Tracing != want || cfg.Tracing.Enabled() {
+		t.Errorf("default tracing %+v, want %+v and not enabled", cfg.Tracing, want)
+	}
+	cfg = mustParse(t, minimal+`
+tracing:
+  otlp_endpoint: ${OTLP}
+  sample_ratio: 1
+  service_name: edge
+`, env(map[string]string{"OTLP": "https://collector.internal:4318"}))
+	if want := (Tracing{OTLPEndpoint: "https://collector.internal:4318", SampleRatio: 1, ServiceName: "edge"}); cfg.Tracing != want || !cfg.Tracing.Enabled() {
+		t.Errorf("tracing %+v, want %+v and enabled", cfg.Tracing, want)
+	}
+	cfg = mustParse(t, minimal+"tracing: {sample_ratio: 0}\n", noEnv)
+	if cfg.Tracing.SampleRatio != 0 {
+		t.Errorf("sample_ratio 0 read as %v", cfg.Tracing.SampleRatio)
+	}
+	for in, want := range map[string]string{
+		"http://otel-collector:4318":         "http://otel-collector:4318/v1/traces",
+		"http://otel-collector:4318/":        "http://otel-collector:4318/v1/traces",
+		"https://api.vendor.example/otlp/v1": "https://api.vendor.example/otlp/v1",
+	} {
+		u, err := ParseOTLPEndpoint(in)
+		if err != nil || u.String() != want {
+			t.Errorf("ParseOTLPEndpoint(%q) = %v, %v; want %s", in, u, err, want)
+		}
+	}
+}

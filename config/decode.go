@@ -170,6 +170,12 @@ func (c *checker) check(n *yaml.Node, t reflect.Type, path string, at pos) (bad 
 			c.add(at, path, "integer %s out of range", n.Value)
 			return true
 		}
+	case reflect.Float64:
+		var v float64
+		if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!float" && n.ShortTag() != "!!int") || n.Decode(&v) != nil {
+			c.add(at, path, "want a number, got %s", kindName(n))
+			return true
+		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			c.add(at, path, "want a string, got %s", kindName(n))
@@ -205,6 +211,8 @@ func placeholder(t reflect.Type, at *yaml.Node) *yaml.Node {
 		n.Tag, n.Value = "!!bool", "false"
 	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
 		n.Tag, n.Value = "!!int", "0"
+	case t.Kind() == reflect.Float64:
+		n.Tag, n.Value = "!!float", "0"
 	default:
 		n.Tag, n.Value = "!!str", ""
 	}

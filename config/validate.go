@@ -29,6 +29,7 @@ func (c *Config) Validate() error {
 	c.validateCORS(&errs)
 	c.validateRoutes(&errs)
 	c.validateQuotas(&errs)
+	c.validateTracing(&errs)
 	for _, k := range sortedKeys(c.Messages) {
 		p := "messages." + k
 		if !apierror.Known(apierror.Code(k)) {
@@ -221,6 +222,40 @@ func ParseUpstream(s string) (*url.URL, error) {
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return nil, fmt.Errorf("URL %q must not have a query, fragment or user info", s)
+	}
+	return u, nil
+}
+
+func (c *Config) validateTracing(errs *Errors) {
+	t := c.Tracing
+	if t.OTLPEndpoint != "" {
+		if _, err := ParseOTLPEndpoint(t.OTLPEndpoint); err != nil {
+			errs.add("tracing.otlp_endpoint", "%v", err)
+		}
+	}
+	// NaN fails both comparisons.
+	if !(t.SampleRatio >= 0 && t.SampleRatio <= 1) {
+		errs.add("tracing.sample_ratio", "must be between 0 and 1, got %v", t.SampleRatio)
+	}
+	if strings.TrimSpace(t.ServiceName) == "" {
+		errs.add("tracing.service_name", "must not be empty")
+	}
+}
+
+// ParseOTLPEndpoint parses tracing.otlp_endpoint and returns the URL of
+// its traces endpoint: an http:// or https:// URL with a host and no
+// query, user or fragment; one without a path gets OTLP/HTTP's
+// /v1/traces.
+func ParseOTLPEndpoint(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("want an OTLP/HTTP URL such as http://otel-collector:4318, got %q", redactURL(s))
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("must have no user, query or fragment, got %q", redactURL(s))
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/v1/traces"
 	}
 	return u, nil
 }

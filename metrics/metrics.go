@@ -52,6 +52,9 @@ type Metrics struct {
 	TLSCertExpiry *prometheus.GaugeVec
 	// TLSHandshakeErrors counts failed TLS handshakes on server.listen.
 	TLSHandshakeErrors prometheus.Counter
+	// TraceSpansDropped counts the spans recorded but never exported
+	// (SPEC §11): queue full, export failed, or left at shutdown.
+	TraceSpansDropped prometheus.Counter
 }
 
 // Buckets are the classic histogram buckets, in seconds: from a tenth of a
@@ -151,6 +154,10 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "deskgate_tls_handshake_errors_total",
 			Help: "TLS handshakes on server.listen that failed (a connection closed before its first byte is not counted).",
 		}),
+		TraceSpansDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "deskgate_trace_spans_dropped_total",
+			Help: "Trace spans recorded but not exported: the export queue was full, the collector refused or did not answer in time, or shutdown came first.",
+		}),
 	}
 	reg.MustRegister(
 		m.Requests, m.Rejections, m.RequestDuration, m.UpstreamDuration,
@@ -158,7 +165,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.RateLimitStoreErrors, m.RateLimitFallback, m.RateLimitEvicting, m.ConfigReloads,
 		m.ConfigLastReloadOK, m.BuildInfo, m.CORSPreflights,
 		m.QuotaReservations, m.ShadowRejections, m.UpstreamRateLimited,
-		m.TLSCertExpiry, m.TLSHandshakeErrors,
+		m.TLSCertExpiry, m.TLSHandshakeErrors, m.TraceSpansDropped,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -255,6 +262,11 @@ func (r *Route) Name() string { return r.name }
 func (r *Route) Observe(method string, status int, seconds float64) {
 	mi := MethodIndex(method)
 	r.duration[mi].Observe(seconds)
+	r.count(mi, status)
+}
+
+// count counts one answer of the method of index mi.
+func (r *Route) count(mi, status int) {
 	if status < 0 || status >= 600 {
 		r.m.Requests.WithLabelValues(r.name, Methods[mi], StatusText(status)).Inc()
 		return
@@ -267,6 +279,26 @@ func (r *Route) Observe(method string, status int, seconds float64) {
 		slot.Store(c)
 	}
 	(*c).Inc()
+}
+
+// ObserveTraced is [Route.Observe] for a request whose trace is sampled:
+// its duration carries the trace id as an exemplar (served in the
+// OpenMetrics format), so that a dashboard can link a slow bucket to a
+// trace. It allocates the exemplar's labels: call it for sampled requests
+// only.
+func (r *Route) ObserveTraced(method string, status int, seconds float64, traceID string) {
+	mi := MethodIndex(method)
+	observeTraced(r.duration[mi], seconds, traceID)
+	r.count(mi, status)
+}
+
+// observeTraced observes v with the exemplar {trace_id="<id>"}.
+func observeTraced(o prometheus.Observer, v float64, traceID string) {
+	if eo, ok := o.(prometheus.ExemplarObserver); ok && traceID != "" {
+		eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": traceID})
+		return
+	}
+	o.Observe(v)
 }
 
 // Reject counts one error deskgate answered itself.
@@ -296,6 +328,12 @@ func (r *Route) UpstreamLimited() { r.m.UpstreamRateLimited.Inc() }
 
 // Upstream observes the time to the upstream's response headers.
 func (r *Route) Upstream(seconds float64) { r.upstream.Observe(seconds) }
+
+// UpstreamTraced is [Route.Upstream] with the trace id as an exemplar
+// (see [Route.ObserveTraced]).
+func (r *Route) UpstreamTraced(seconds float64, traceID string) {
+	observeTraced(r.upstream, seconds, traceID)
+}
 
 // UpstreamError counts one upstream failure of kind connect, timeout or
 // protocol.

@@ -11,9 +11,9 @@ import (
 )
 
 // accessWriter writes the access log, one line per request with the
-// fields of SPEC §6, in the shape slog's handlers give (`time`, `level`,
-// `msg`, then the fields): a JSON object, or with text set, key=value
-// pairs as slog's TextHandler writes them. Each line is appended by hand
+// fields of SPEC §6 (and §11's trace_id), in the shape slog's handlers
+// give (`time`, `level`, `msg`, then the fields): a JSON object, or with
+// text set, key=value pairs as slog's TextHandler writes them. Each line is appended by hand
 // into a pooled buffer: slog formats every float through encoding/json
 // (reflection) and captures the caller's PC for each record, which made
 // the log line cost as much as the rest of the chain. It is the only
@@ -33,6 +33,9 @@ func (a *accessWriter) write(st *state, method, path string, status int, level s
 	e := lineEncoder{b: (*bp)[:0], text: a.text}
 	e.begin(level)
 	e.str("request_id", st.requestID)
+	if id := st.trace.TraceID(); id != "" {
+		e.str("trace_id", id)
+	}
 	e.str("method", method)
 	e.str("route", st.route.Name())
 	e.str("path", path)

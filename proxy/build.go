@@ -40,6 +40,9 @@ type route struct {
 	timeout time.Duration
 	// quotas are those whose pattern may match the route's requests.
 	quotas []*quotaRule
+	// upHost and upPort name the upstream on its span (SPEC §11).
+	upHost string
+	upPort int
 }
 
 // ServeHTTP lets a route stand in ServeMux, which the gateway only asks
@@ -63,6 +66,18 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type hostSlots struct {
 	c    chan struct{}
 	host string
+}
+
+// hostPort returns u's host and port, the port made explicit.
+func hostPort(u *url.URL) (string, int) {
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		port = 80
+		if u.Scheme == "https" {
+			port = 443
+		}
+	}
+	return u.Hostname(), port
 }
 
 // slotKey names an upstream host: scheme, host and port, the port made
@@ -186,6 +201,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 			}
 		}
 		rt.timeout = timeout
+		rt.upHost, rt.upPort = hostPort(u)
 		key := slotKey(u)
 		if rt.slots = slots[key]; rt.slots == nil {
 			rt.slots = &hostSlots{c: make(chan struct{}, cfg.Upstream.MaxConnsPerHost), host: u.Host}

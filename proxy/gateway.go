@@ -23,6 +23,7 @@ import (
 	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/ratelimit"
+	"github.com/innovartx/deskgate/tracing"
 )
 
 // Authenticator checks a request's X-API-Key values against a route
@@ -58,6 +59,9 @@ type Options struct {
 	// same one to every gateway of a process so that a reload keeps
 	// them. Nil: the gateway makes its own.
 	UpstreamLimits *UpstreamLimits
+	// Tracer records and exports spans (SPEC §11); nil is export off,
+	// where the client's traceparent still reaches the upstream.
+	Tracer *tracing.Tracer
 }
 
 // Gateway is the public handler for one config.
@@ -75,6 +79,7 @@ type Gateway struct {
 	// cors is the cors: block, nil when no origin is allowed (SPEC §8).
 	cors      *corsPolicy
 	access    *accessWriter
+	tracer    *tracing.Tracer
 	unmatched *metrics.Route
 	transport []*http.Transport
 	routes    []*route
@@ -113,6 +118,7 @@ func New(o Options) (*Gateway, error) {
 		maxBody: cfg.Server.MaxBodyBytes,
 		fwdKey:  cfg.Auth.ForwardKey,
 
+		tracer:       o.Tracer,
 		semicolons:   cfg.Server.AllowSemicolonPaths,
 		cors:         newCORS(cfg.CORS),
 		readTimeout:  cfg.Server.ReadTimeout.D(),
@@ -171,6 +177,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.w = responseWriter{ResponseWriter: w, st: st}
 	st.useH2Writer(r, g.writeTimeout)
 	st.setRequestID(r.Header)
+	g.tracer.Begin(&st.trace, r.Context(), r.Header, st.start)
 	st.peer, st.clientIP, st.trusted = clientAddr(r, g.trusted)
 	w.Header()["X-Request-Id"] = st.idHdr[:]
 	st.hasBody = r.Body != nil && r.Body != http.NoBody
@@ -285,9 +292,13 @@ func (g *Gateway) accessLog(st *state, r *http.Request) {
 		status = 499 // client closed the request: not a 5xx of ours
 	}
 	elapsed := time.Since(st.start)
-	st.route.Observe(r.Method, status, elapsed.Seconds())
-	if st.upstream > 0 && !st.ownReply {
-		st.route.Upstream(st.upstream.Seconds())
+	if st.trace.Recording() {
+		g.endTrace(st, r, status, elapsed)
+	} else {
+		st.route.Observe(r.Method, status, elapsed.Seconds())
+		if st.upstream > 0 && !st.ownReply {
+			st.route.Upstream(st.upstream.Seconds())
+		}
 	}
 	level := slog.LevelInfo
 	if status >= 500 {

@@ -20,6 +20,7 @@ import (
 	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/ratelimit"
+	"github.com/innovartx/deskgate/tracing"
 )
 
 // Test keys of SPEC §3's format.
@@ -104,6 +105,8 @@ type harnessOpt struct {
 	limiter Limiter
 	// trustedLoopback makes the test client a trusted proxy.
 	trustedLoopback bool
+	// tracer turns span export on (SPEC §11).
+	tracer *tracing.Tracer
 }
 
 func newHarness(t testing.TB, o harnessOpt) *harness {
@@ -174,6 +177,7 @@ func newHarness(t testing.TB, o harnessOpt) *harness {
 		AccessLog: h.logs,
 		LogLevel:  slog.LevelDebug,
 		Transport: o.transport,
+		Tracer:    o.tracer,
 	})
 	if err != nil {
 		t.Fatalf("gateway: %v", err)

@@ -135,12 +135,15 @@ func (rt *route) planQuotas(st *state, r *http.Request, id auth.Identity) *quota
 // the rate limit admits r; reserveQuotas then uses them.
 func (rt *route) allow(st *state, r *http.Request, id auth.Identity, p *ratelimit.Policy, k ratelimit.Key) (ratelimit.Decision, error) {
 	g := rt.g
+	// The trace context makes a Redis decision a child span of the
+	// request's when the request is recorded (SPEC §11).
+	ctx := st.trace.Context(r.Context())
 	if rt.quotas != nil && g.quotaAllow != nil {
 		if qp := rt.planQuotas(st, r, id); len(qp.asks) > 0 {
-			return g.quotaAllow.AllowQuotas(r.Context(), p, k, qp.asks)
+			return g.quotaAllow.AllowQuotas(ctx, p, k, qp.asks)
 		}
 	}
-	return g.limiter.Allow(r.Context(), p, k)
+	return g.limiter.Allow(ctx, p, k)
 }
 
 // reserveQuotas reserves a slot of every quota that counts r — the ones

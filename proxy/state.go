@@ -17,6 +17,7 @@ import (
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/tracing"
 )
 
 // state is everything the gateway learns about one request: one
@@ -57,8 +58,15 @@ type state struct {
 	// from the upstream's own 429 Retry-After, not deskgate's budget.
 	limitedBy string
 
+	// trace is the request's W3C trace and, when recorded, its spans
+	// (SPEC §11).
+	trace tracing.Request
+
 	proxyStart time.Time
 	upstream   time.Duration
+	// upstreamKind is how the exchange failed (connect, timeout,
+	// protocol), for the upstream span.
+	upstreamKind string
 	// ownReply is set when deskgate answers an error itself, so that a
 	// failed exchange is not counted as an upstream response time.
 	ownReply bool

@@ -51,6 +51,7 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 		r.Body = http.MaxBytesReader(&st.w, r.Body, g.maxBody)
 	}
 	st.proxyStart = time.Now()
+	g.tracer.Upstream(&st.trace, r.Header, r.Method, rt.upHost, rt.upPort, st.proxyStart)
 	rt.proxy.ServeHTTP(&st.w, r)
 	if st.w.status == http.StatusTooManyRequests && rt.limit != nil && !st.ownReply {
 		rt.noteUpstream429(st, id)
@@ -63,7 +64,7 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 func (rt *route) authenticate(st *state, r *http.Request) (auth.Identity, *apierror.Error) {
 	h := r.Header
 	st.keyPrefix = auth.DisplayPrefix(headerValue(h, "X-Api-Key"))
-	id, err := rt.g.auth.Authenticate(r.Context(), h["X-Api-Key"], rt.policy)
+	id, err := rt.g.auth.Authenticate(st.trace.Context(r.Context()), h["X-Api-Key"], rt.policy)
 	if err != nil {
 		return id, err
 	}
@@ -333,6 +334,7 @@ func (g *Gateway) exchangeError(st *state, r *http.Request, err error) *apierror
 		return apierror.New(apierror.PayloadTooLarge, err)
 	}
 	kind := upstreamErrorKind(err)
+	st.upstreamKind = kind
 	st.route.UpstreamError(kind)
 	if kind == "timeout" {
 		return apierror.New(apierror.GatewayTimeout, err)

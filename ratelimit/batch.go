@@ -273,6 +273,10 @@ func (r *Redis) run(c *call) {
 	if len(items) == 0 {
 		return
 	}
+	if sctx, span := startCallSpan(ctx, items); span != nil {
+		ctx = sctx
+		defer endCallSpan(span, items)
+	}
 	if cc, ok := r.client.(*redis.ClusterClient); ok {
 		r.runPipeline(ctx, cc, items)
 		return

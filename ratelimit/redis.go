@@ -15,6 +15,8 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 
 	"github.com/innovartx/deskgate/config"
 )
@@ -357,7 +359,17 @@ func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
 // allowGCRA runs one tier through redis_rate: requests spaced by
 // window/limit, with a burst of limit.
 func (r *Redis) allowGCRA(ctx context.Context, t Tier, key string) (Decision, error) {
+	ctx, span := startSpan(ctx)
 	res, err := r.gcra.Allow(ctx, key, redis_rate.Limit{Rate: int(t.Limit), Burst: int(t.Limit), Period: t.Window})
+	if span != nil {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "rate-limit store cannot decide")
+		} else {
+			span.SetAttributes(attribute.Bool("deskgate.ratelimit.allowed", res.Allowed > 0))
+		}
+		span.End()
+	}
 	if err != nil {
 		return Decision{}, fmt.Errorf("redis_rate: %w", err)
 	}
