@@ -50,6 +50,7 @@ import (
 	"github.com/innovartx/deskgate/metrics"
 	"github.com/innovartx/deskgate/proxy"
 	"github.com/innovartx/deskgate/ratelimit"
+	"github.com/innovartx/deskgate/redisclient"
 	"github.com/innovartx/deskgate/tlsedge"
 	"github.com/innovartx/deskgate/tracing"
 )
@@ -533,8 +534,8 @@ func serveWith(ctx context.Context, cfg *config.Config, path string, loaded file
 	a.metrics = metrics.New(reg, buildVersion())
 	var err error
 	if cfg.Redis.Enabled() {
-		ratelimit.SetLogger(a.log)
-		if a.redis, err = ratelimit.NewClient(cfg.Redis); err != nil {
+		redisclient.SetLogger(a.log)
+		if a.redis, err = redisclient.New(cfg.Redis); err != nil {
 			return err
 		}
 		defer a.redis.Close()
@@ -793,7 +794,7 @@ func redisTopology(cfg config.Redis) string {
 	if !cfg.Enabled() {
 		return "none"
 	}
-	return ratelimit.Describe(cfg)
+	return redisclient.Describe(cfg)
 }
 
 // keyStoreName names auth.store for the start-up log: "none", "file

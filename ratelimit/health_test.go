@@ -22,6 +22,7 @@ import (
 
 	"github.com/innovartx/deskgate/internal/redistest"
 	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/redisclient"
 )
 
 // logBuffer collects a limiter's JSON log lines.
@@ -164,7 +165,7 @@ func TestRealRedisRefusesWrites(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t)
 			admin := srv.Client(t)
-			client, err := NewClient(redisConfig(t, "{url: '"+srv.URL()+"', timeout: 200ms}"))
+			client, err := redisclient.New(redisConfig(t, "{url: '"+srv.URL()+"', timeout: 200ms}"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -292,7 +293,7 @@ func sameSet(a, b []string) bool {
 // start-up, the limiter says so at once — gauge 1, a warning that names
 // the start-up — and no request waits on Redis.
 func TestStartRedisDown(t *testing.T) {
-	client, err := NewClient(redisConfig(t, "{url: 'redis://"+deadAddr(t)+"/0', timeout: 100ms}"))
+	client, err := redisclient.New(redisConfig(t, "{url: 'redis://"+deadAddr(t)+"/0', timeout: 100ms}"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func TestRealRedisWrongPassword(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t, "--requirepass", right)
 			admin := srv.Client(t)
-			client, err := NewClient(redisConfig(t, "{url: '"+strings.ReplaceAll(tc.url, "{ADDR}", srv.Addr())+"', timeout: 200ms}"))
+			client, err := redisclient.New(redisConfig(t, "{url: '"+strings.ReplaceAll(tc.url, "{ADDR}", srv.Addr())+"', timeout: 200ms}"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -519,7 +520,7 @@ func TestRealRedisClusterEvictionPolicy(t *testing.T) {
 // most 25 checks in 2 s (a fixed 20 ms interval would make at least 100),
 // and keep going.
 func TestHealthBacksOff(t *testing.T) {
-	client, err := NewClient(redisConfig(t, "{url: 'redis://"+deadAddr(t)+"/0', timeout: 100ms}"))
+	client, err := redisclient.New(redisConfig(t, "{url: 'redis://"+deadAddr(t)+"/0', timeout: 100ms}"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -330,9 +330,12 @@ type denyCache struct {
 	shards [32]denyShard
 }
 
+// denyKey names a denial by policy ID (its slot), not by *Policy: a
+// reload rebuilds every policy, and the identities denied until T under a
+// budget stay denied under the same budget of the new config.
 type denyKey struct {
-	p *Policy
-	k Key
+	slot uint32
+	k    Key
 }
 
 type denyEntry struct {
@@ -364,7 +367,7 @@ func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
 	s := c.shard(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if f := s.flights[denyKey{p, k}]; f != nil {
+	if f := s.flights[denyKey{p.slot, k}]; f != nil {
 		if f.done == nil {
 			f.done = make(chan struct{})
 		}
@@ -372,7 +375,7 @@ func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
 		return f, false
 	}
 	f = flightPool.Get().(*flight)
-	s.flights[denyKey{p, k}] = f
+	s.flights[denyKey{p.slot, k}] = f
 	return f, true
 }
 
@@ -380,7 +383,7 @@ func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
 func (c *denyCache) land(p *Policy, k Key, f *flight) {
 	s := c.shard(k)
 	s.mu.Lock()
-	delete(s.flights, denyKey{p, k})
+	delete(s.flights, denyKey{p.slot, k})
 	done, alone := f.done, f.waiters == 0
 	s.mu.Unlock()
 	if done != nil {
@@ -407,9 +410,9 @@ func (c *denyCache) shard(k Key) *denyShard { return &c.shards[k[1]%uint8(len(c.
 func (c *denyCache) get(p *Policy, k Key, now time.Duration) (Decision, bool) {
 	s := c.shard(k)
 	s.mu.Lock()
-	e, ok := s.m[denyKey{p, k}]
+	e, ok := s.m[denyKey{p.slot, k}]
 	if ok && e.until <= now {
-		delete(s.m, denyKey{p, k})
+		delete(s.m, denyKey{p.slot, k})
 		ok = false
 	}
 	s.mu.Unlock()
@@ -435,5 +438,5 @@ func (c *denyCache) put(p *Policy, k Key, until time.Duration, d Decision) {
 			return
 		}
 	}
-	s.m[denyKey{p, k}] = denyEntry{until: until, d: d}
+	s.m[denyKey{p.slot, k}] = denyEntry{until: until, d: d}
 }

@@ -5,6 +5,8 @@ package ratelimit
 // in-process store, no key written in Redis.
 
 import (
+	_ "embed"
+
 	"context"
 	"fmt"
 	"math"
@@ -113,12 +115,10 @@ func firstAfter(s []int64, cutoff int64) int {
 
 // peekScript reads a budget's state and Redis' clock in one call, and
 // writes nothing: TIME, then GET of the key.
-var peekScript = redis.NewScript(`
-local t = redis.call('TIME')
-local s = redis.call('GET', KEYS[1])
-if not s then s = '' end
-return {t[1], t[2], s}
-`)
+var peekScript = redis.NewScript(peekLua)
+
+//go:embed lua/peek.lua
+var peekLua string
 
 // gcraEpoch is redis_rate's time origin (1 January 2017), in seconds.
 const gcraEpoch = 1483228800

@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	_ "embed"
+
 	"context"
 	"fmt"
 	"strconv"
@@ -26,39 +28,9 @@ import (
 // quotaMonthLua computes the calendar month (UTC) of Unix seconds, with
 // Howard Hinnant's civil-from-days algorithms: Lua has no date functions
 // in Redis.
-const quotaMonthLua = `
-local function civil(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp + 3
-  if mp >= 10 then m = mp - 9 end
-  if m <= 2 then y = y + 1 end
-  return y, m
-end
-local function first_day(y, m)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m - 3
-  if m <= 2 then mp = m + 9 end
-  local doy = math.floor((153 * mp + 2) / 5)
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
--- month_of returns the month index (y*12 + m-1) of Unix seconds sec, and
--- the Unix seconds of its start and of the next month's.
-local function month_of(sec)
-  local y, m = civil(math.floor(sec / 86400))
-  local ny, nm = y, m + 1
-  if nm > 12 then ny, nm = y + 1, 1 end
-  return y * 12 + m - 1, first_day(y, m) * 86400, first_day(ny, nm) * 86400
-end
-`
+//
+//go:embed lua/month.lua
+var quotaMonthLua string
 
 // quotaReserveFnLua is the reservation itself, shared by the quota's own
 // script and the rate-limit script (which reserves with its decision, see
@@ -67,52 +39,24 @@ end
 // is Redis' time in ms and reset the next month's start (Unix s). It
 // returns allowed (0/1), the slots taken after it and the slot's id (0
 // when refused).
-const quotaReserveFnLua = `
-local function reserve(hk, sk, limit, ttl, now, month, reset)
-  local h = redis.call('HMGET', hk, 'm', 'u')
-  local used = 0
-  if tonumber(h[1]) == month then
-    used = tonumber(h[2]) or 0
-  else
-    redis.call('DEL', sk)
-    redis.call('HSET', hk, 'm', string.format('%d', month), 'u', '0')
-  end
-  redis.call('ZREMRANGEBYSCORE', sk, '-inf', string.format('%d', now))
-  local taken = used + redis.call('ZCARD', sk)
-  local exp = string.format('%d', (reset + 86400) * 1000)
-  redis.call('PEXPIREAT', hk, exp)
-  if taken >= limit then
-    return 0, taken, 0
-  end
-  local id = redis.call('HINCRBY', hk, 'n', 1)
-  redis.call('ZADD', sk, string.format('%d', now + ttl), id)
-  redis.call('PEXPIREAT', sk, exp)
-  return 1, taken + 1, id
-end
-`
+//
+//go:embed lua/quota_reserve_fn.lua
+var quotaReserveFnLua string
 
 // quotaReserveLua: KEYS: the hash, the set. ARGV: limit, ttl ms. Reply:
 // allowed (0/1), slots taken after the call, the reservation id (0 when
 // refused), month, month start and next month start (Unix s), now (ms).
-const quotaReserveLua = quotaMonthLua + quotaReserveFnLua + `
-local t = redis.call('TIME')
-local sec = tonumber(t[1])
-local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local month, start, reset = month_of(sec)
-local ok, taken, id = reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now, month, reset)
-return {ok, taken, id, month, start, reset, now}
-`
+var quotaReserveLua = quotaMonthLua + quotaReserveFnLua + quotaReserveMainLua
+
+//go:embed lua/quota_reserve.lua
+var quotaReserveMainLua string
 
 // quotaCommitLua: KEYS: the hash, the set. ARGV: reservation id, its
 // month. The slot leaves the set and, if its month is still the hash's,
 // counts — even when it had expired: the upstream did the work.
-const quotaCommitLua = `
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'm') == ARGV[2] then
-  return redis.call('HINCRBY', KEYS[1], 'u', 1)
-end
-return -1
-`
+//
+//go:embed lua/quota_commit.lua
+var quotaCommitLua string
 
 var (
 	quotaReserveScript = redis.NewScript(quotaReserveLua)
@@ -195,15 +139,10 @@ func (r *Redis) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, er
 
 // quotaUsedScript: KEYS: the hash, the set. Reply: used, reserved, the
 // next month's start (Unix s), now (ms). It reads only.
-var quotaUsedScript = redis.NewScript(quotaMonthLua + `
-local t = redis.call('TIME')
-local sec = tonumber(t[1])
-local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local month, _, reset = month_of(sec)
-local h = redis.call('HMGET', KEYS[1], 'm', 'u')
-if tonumber(h[1]) ~= month then return {0, 0, reset, now} end
-return {tonumber(h[2]) or 0, redis.call('ZCOUNT', KEYS[2], '(' .. string.format('%d', now), '+inf'), reset, now}
-`)
+var quotaUsedScript = redis.NewScript(quotaMonthLua + quotaUsedMainLua)
+
+//go:embed lua/quota_used.lua
+var quotaUsedMainLua string
 
 func settleVerb(commit bool) string {
 	if commit {

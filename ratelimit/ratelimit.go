@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -71,6 +72,10 @@ type Policy struct {
 
 	maxWindow time.Duration
 	capacity  int64
+	// slot is the ID's number in this process (see slotOf): what the
+	// deny cache is keyed by, so that a reload that rebuilds a policy
+	// with the same ID keeps its entries.
+	slot uint32
 	// scriptArgs describe the policy to the sliding-log script (its ARGV
 	// for one policy), boxed once.
 	scriptArgs []any
@@ -86,7 +91,7 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 	if alg == GCRA && len(tiers) != 1 {
 		return nil, fmt.Errorf("policy %q: gcra takes exactly one tier, got %d", id, len(tiers))
 	}
-	p := &Policy{ID: id, Algorithm: alg, Tiers: append([]Tier(nil), tiers...)}
+	p := &Policy{ID: id, Algorithm: alg, Tiers: append([]Tier(nil), tiers...), slot: slotOf(id)}
 	seen := map[time.Duration]bool{}
 	for _, t := range tiers {
 		if t.Limit <= 0 || t.Window <= 0 {
@@ -105,6 +110,29 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 		p.scriptArgs = append(p.scriptArgs, t.Limit, t.Window.Microseconds())
 	}
 	return p, nil
+}
+
+// policySlots numbers policy IDs for the life of the process: a handful
+// per config, kept across reloads.
+var policySlots struct {
+	sync.Mutex
+	m map[string]uint32
+}
+
+// slotOf returns the number of a policy ID, the same for every policy
+// built with that ID.
+func slotOf(id string) uint32 {
+	policySlots.Lock()
+	defer policySlots.Unlock()
+	if policySlots.m == nil {
+		policySlots.m = map[string]uint32{}
+	}
+	n, ok := policySlots.m[id]
+	if !ok {
+		n = uint32(len(policySlots.m) + 1)
+		policySlots.m[id] = n
+	}
+	return n
 }
 
 // String returns the policy as "global: 3/1s, 20/10s, 100/1m".

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/innovartx/deskgate/internal/redistest"
+	"github.com/innovartx/deskgate/redisclient"
 )
 
 // scaledPolicy has the shape of the default tiers on windows short enough
@@ -132,7 +133,7 @@ func TestRealRedisTwoReplicas(t *testing.T) {
 // production.
 func clusterClient(t *testing.T, c *redistest.Cluster) redis.UniversalClient {
 	cfg := redisConfig(t, "{addrs: ["+strings.Join(c.Addrs(), ", ")+"], cluster: true, timeout: 2s}")
-	client, err := NewClient(cfg)
+	client, err := redisclient.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +200,7 @@ func TestRealRedisSentinelAndPassword(t *testing.T) {
 	p := defaultPolicy(t)
 	t.Run("password url", func(t *testing.T) {
 		srv := redistest.Start(t, "--requirepass", "s3cret")
-		client, err := NewClient(redisConfig(t, "{url: '"+srv.URL()+"'}"))
+		client, err := redisclient.New(redisConfig(t, "{url: '"+srv.URL()+"'}"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +208,7 @@ func TestRealRedisSentinelAndPassword(t *testing.T) {
 		if d, err := NewRedis(client).Allow(context.Background(), p, stepKey); err != nil || !d.Allowed {
 			t.Fatalf("%v %v", d, err)
 		}
-		bad, _ := NewClient(redisConfig(t, "{url: 'redis://:wrong@"+srv.Addr()+"'}"))
+		bad, _ := redisclient.New(redisConfig(t, "{url: 'redis://:wrong@"+srv.Addr()+"'}"))
 		defer bad.Close()
 		if _, err := NewRedis(bad).Allow(context.Background(), p, stepKey); err == nil {
 			t.Fatal("a wrong password was accepted")
@@ -215,7 +216,7 @@ func TestRealRedisSentinelAndPassword(t *testing.T) {
 	})
 	t.Run("sentinel", func(t *testing.T) {
 		s := redistest.StartSentinel(t, "deskgate-master")
-		client, err := NewClient(redisConfig(t, "{addrs: ["+strings.Join(s.Addrs(), ", ")+"], master_name: deskgate-master, timeout: 2s}"))
+		client, err := redisclient.New(redisConfig(t, "{addrs: ["+strings.Join(s.Addrs(), ", ")+"], master_name: deskgate-master, timeout: 2s}"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +246,7 @@ func TestRealRedisSentinelAndPassword(t *testing.T) {
 // after the restart.
 func TestRealRedisKilled(t *testing.T) {
 	srv := redistest.Start(t)
-	client, err := NewClient(redisConfig(t, "{url: '"+srv.URL()+"', timeout: 100ms}"))
+	client, err := redisclient.New(redisConfig(t, "{url: '"+srv.URL()+"', timeout: 100ms}"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/redisclient"
 )
 
 // epoch is where the scripted clocks start: any fixed instant does.
@@ -258,6 +259,39 @@ func TestDenyCacheAgreesWithRedis(t *testing.T) {
 	t.Logf("3000 requests, %d answered by the deny cache", cached)
 }
 
+// TestDenyCacheAcrossReload: a reload rebuilds every policy; a denial
+// cached under a budget still answers for the new policy of the same ID
+// (issue 18: the cache was keyed by *Policy, and a reload dropped it).
+func TestDenyCacheAcrossReload(t *testing.T) {
+	ts, mr := miniredisTimed(t)
+	now := time.Duration(0)
+	l, _ := newTestLimiter(t, ts.s.(*Redis), FailLocal, func() time.Duration { return now })
+	p := defaultPolicy(t)
+	ts.set(0)
+	for range 4 { // three admitted, the fourth denied and cached
+		l.Allow(context.Background(), p, stepKey)
+	}
+	reloaded := defaultPolicy(t)
+	if reloaded == p || reloaded.ID != p.ID {
+		t.Fatal("want a new policy with the same ID")
+	}
+	before := mr.CommandCount()
+	d, err := l.Allow(context.Background(), reloaded, stepKey)
+	if err != nil || d.Allowed {
+		t.Fatalf("after the reload: %v %v, want denied", d, err)
+	}
+	if n := mr.CommandCount() - before; n != 0 {
+		t.Fatalf("%d Redis commands for a denial cached before the reload, want 0", n)
+	}
+	other, err := NewPolicy("bucket:other", SlidingLog, p.Tiers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := l.Allow(context.Background(), other, stepKey); !d.Allowed {
+		t.Fatalf("another budget of the same identity: %v, want allowed", d)
+	}
+}
+
 // TestDenyCacheFlood guards the reject path: after the first denial, a
 // flood from one identity costs no Redis call until its retry time.
 func TestDenyCacheFlood(t *testing.T) {
@@ -429,7 +463,7 @@ func TestNewClient(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := redisConfig(t, tc.yaml)
-			c, err := NewClient(cfg)
+			c, err := redisclient.New(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

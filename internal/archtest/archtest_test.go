@@ -83,6 +83,10 @@ var rules = map[string]rule{
 		allow: []string{"./apierror", "./auth", "./config", "./metrics", "./ratelimit", "./tracing", "github.com/rs/cors"},
 		why:   "the request path composes the layers below it; it builds no Redis client and reaches no example or test code",
 	},
+	"redisclient": {
+		allow: []string{"github.com/redis/go-redis/v9", "./config"},
+		why:   "one builder of the go-redis client for the limiter and the key store, wired by main; it knows nothing of budgets or keys",
+	},
 	"tlsedge": {
 		allow: []string{"./config", "./metrics", "golang.org/x/crypto/acme", "golang.org/x/crypto/acme/autocert"},
 		why:   "the TLS side of the public listener: certificates (files, ACME through autocert), handshakes, HTTP/2 limits; the request path's wrappers are handed in by main, so it never reaches up to proxy, auth or ratelimit",
