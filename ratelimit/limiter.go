@@ -52,6 +52,7 @@ type Limiter struct {
 	redis     *Redis
 	local     *Memory
 	deny      *denyCache
+	inflight  *flights
 	onFailure OnFailure
 	timeout   time.Duration
 	log       *slog.Logger
@@ -148,6 +149,7 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		size = 100_000
 	}
 	l.deny = newDenyCache(size)
+	l.inflight = newFlights()
 	l.healthy.Store(true)
 	m := o.Metrics
 	for s, name := range storeNames {
@@ -238,7 +240,7 @@ func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []Quot
 	// request with little quota left, the next in line asks, one at a
 	// time. An identity with quota to spare asks concurrently.
 	for {
-		f, leader := l.deny.join(p, k)
+		f, leader := l.inflight.join(p, k)
 		if leader {
 			return l.decide(ctx, p, k, now, f, asks)
 		}
@@ -284,7 +286,7 @@ func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duratio
 		if err != nil || !d.Allowed {
 			f.remaining = 0
 		}
-		defer l.deny.land(p, k, f)
+		defer l.inflight.land(p, k, f)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -319,124 +321,4 @@ func (l *Limiter) failed(ctx context.Context, p *Policy, k Key) (Decision, error
 	}
 	d, _ := l.local.Allow(ctx, p, k)
 	return l.count(storeFallback, d), nil
-}
-
-// denyCache remembers, per policy and identity, until when Redis said no.
-// It is bounded: past size entries, new denials are not cached (Redis
-// still decides), and expired entries are dropped as they are met and by
-// a sweep when the cache fills.
-type denyCache struct {
-	size   int
-	shards [32]denyShard
-}
-
-// denyKey names a denial by policy ID (its slot), not by *Policy: a
-// reload rebuilds every policy, and the identities denied until T under a
-// budget stay denied under the same budget of the new config.
-type denyKey struct {
-	slot uint32
-	k    Key
-}
-
-type denyEntry struct {
-	until time.Duration
-	d     Decision
-}
-
-type denyShard struct {
-	mu      sync.Mutex
-	m       map[denyKey]denyEntry
-	flights map[denyKey]*flight
-}
-
-// flight is one Redis call in progress for an identity; done closes when
-// its answer is known, and remaining is then the quota it left. done is
-// made by the first request that waits on the flight: a flight nobody
-// joined (the common case) costs no channel and goes back to the pool.
-type flight struct {
-	done      chan struct{}
-	waiters   int // under the shard's lock
-	remaining int64
-}
-
-var flightPool = sync.Pool{New: func() any { return new(flight) }}
-
-// join returns the flight in progress for k under p, or starts one and
-// reports that the caller leads it.
-func (c *denyCache) join(p *Policy, k Key) (f *flight, leader bool) {
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if f := s.flights[denyKey{p.slot, k}]; f != nil {
-		if f.done == nil {
-			f.done = make(chan struct{})
-		}
-		f.waiters++
-		return f, false
-	}
-	f = flightPool.Get().(*flight)
-	s.flights[denyKey{p.slot, k}] = f
-	return f, true
-}
-
-// land ends a flight (after its answer went into the cache).
-func (c *denyCache) land(p *Policy, k Key, f *flight) {
-	s := c.shard(k)
-	s.mu.Lock()
-	delete(s.flights, denyKey{p.slot, k})
-	done, alone := f.done, f.waiters == 0
-	s.mu.Unlock()
-	if done != nil {
-		close(done)
-	}
-	if alone {
-		*f = flight{}
-		flightPool.Put(f)
-	}
-}
-
-func newDenyCache(size int) *denyCache {
-	c := &denyCache{size: max(1, size/len(denyCache{}.shards))}
-	for i := range c.shards {
-		c.shards[i].m = map[denyKey]denyEntry{}
-		c.shards[i].flights = map[denyKey]*flight{}
-	}
-	return c
-}
-
-func (c *denyCache) shard(k Key) *denyShard { return &c.shards[k[1]%uint8(len(c.shards))] }
-
-// get returns the cached denial of k under p, with the wait left.
-func (c *denyCache) get(p *Policy, k Key, now time.Duration) (Decision, bool) {
-	s := c.shard(k)
-	s.mu.Lock()
-	e, ok := s.m[denyKey{p.slot, k}]
-	if ok && e.until <= now {
-		delete(s.m, denyKey{p.slot, k})
-		ok = false
-	}
-	s.mu.Unlock()
-	if !ok {
-		return Decision{}, false
-	}
-	d := e.d
-	d.Reset = e.until - now
-	return d, true
-}
-
-func (c *denyCache) put(p *Policy, k Key, until time.Duration, d Decision) {
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.m) >= c.size {
-		for key, e := range s.m {
-			if e.until <= until-d.Reset { // expired as of the call
-				delete(s.m, key)
-			}
-		}
-		if len(s.m) >= c.size {
-			return
-		}
-	}
-	s.m[denyKey{p.slot, k}] = denyEntry{until: until, d: d}
 }
