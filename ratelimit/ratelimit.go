@@ -76,8 +76,8 @@ type Policy struct {
 	// deny cache is keyed by, so that a reload that rebuilds a policy
 	// with the same ID keeps its entries.
 	slot uint32
-	// scriptArgs describe the policy to the sliding-log script (its ARGV
-	// for one policy), boxed once.
+	// scriptArgs describe the policy to the sliding-log script: its ARGV
+	// for one policy, encoded once by slidingLogArgs, beside the script.
 	scriptArgs []any
 }
 
@@ -104,11 +104,7 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 		p.maxWindow = max(p.maxWindow, t.Window)
 		p.capacity = max(p.capacity, t.Limit)
 	}
-	ttl := (p.maxWindow + time.Millisecond - 1) / time.Millisecond
-	p.scriptArgs = append(p.scriptArgs, len(p.Tiers), p.capacity, p.maxWindow.Microseconds(), strconv.FormatInt(int64(ttl), 10))
-	for _, t := range p.Tiers {
-		p.scriptArgs = append(p.scriptArgs, t.Limit, t.Window.Microseconds())
-	}
+	p.scriptArgs = slidingLogArgs(p)
 	return p, nil
 }
 

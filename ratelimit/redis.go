@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	_ "embed"
+	"strconv"
 
 	"context"
 	"encoding/hex"
@@ -55,6 +56,20 @@ import (
 // Redis refused the quota's keys); then "|" and the first error of a
 // request.
 var slidingLogScript = redis.NewScript(slidingLogLua)
+
+// slidingLogArgs encodes p for the sliding-log script, once per policy:
+// its number of tiers, capacity, longest window (µs) and key TTL (ms, as a
+// ready string: no float formatting in Redis), then each tier's limit and
+// window (µs). Boxed once, so that a call appends them without
+// allocating.
+func slidingLogArgs(p *Policy) []any {
+	ttl := (p.maxWindow + time.Millisecond - 1) / time.Millisecond
+	args := []any{len(p.Tiers), p.capacity, p.maxWindow.Microseconds(), strconv.FormatInt(int64(ttl), 10)}
+	for _, t := range p.Tiers {
+		args = append(args, t.Limit, t.Window.Microseconds())
+	}
+	return args
+}
 
 var slidingLogLua = quotaMonthLua + quotaReserveFnLua + slidingLogMainLua
 
