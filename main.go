@@ -244,7 +244,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if err := serveWith(ctx, cfg, *configPath, loaded, cmd == "demo", hup, stdout, over); err != nil {
+	if err := serve(ctx, cfg, *configPath, loaded, cmd == "demo", hup, stdout, over); err != nil {
 		fmt.Fprintf(stderr, "deskgate: %v\n", err)
 		return 1
 	}
@@ -516,14 +516,9 @@ func (a *app) reload(path string) {
 }
 
 // serve runs the gateway of cfg, loaded from path when the file was at
-// version loaded, until ctx ends.
-func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer) error {
-	return serveWith(ctx, cfg, path, loaded, demo, hup, stdout, listenOverrides{})
-}
-
-// serveWith is serve with the listen overrides of the command line, which
-// every reloaded config gets too.
-func serveWith(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer, listen listenOverrides) error {
+// version loaded, until ctx ends. The listen overrides of the command line
+// apply to every reloaded config too.
+func serve(ctx context.Context, cfg *config.Config, path string, loaded fileStamp, demo bool, hup <-chan os.Signal, stdout io.Writer, listen listenOverrides) error {
 	keysLoaded := stampOf(cfg.KeyFilePath)
 	a := &app{level: new(slog.LevelVar), listen: listen, upstream429: proxy.NewUpstreamLimits(0)}
 	a.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)

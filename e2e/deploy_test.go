@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tests of the deployment artefacts (issue 9): the Dockerfile, every
 // manifest under deploy/, and their wiring against the code. No Docker
@@ -46,33 +46,6 @@ const testVersion = "v9.8.7-deploytest"
 
 // buildRoot is the directory of the shared image build; TestMain removes it.
 var buildRoot string
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	printFaultSummary()
-	if buildRoot != "" {
-		os.RemoveAll(buildRoot)
-	}
-	exitMu.Lock()
-	for _, f := range exitFuncs {
-		f()
-	}
-	exitMu.Unlock()
-	os.Exit(code)
-}
-
-var (
-	exitMu    sync.Mutex
-	exitFuncs []func()
-)
-
-// atExit has TestMain call f after every test ran: the removal of what a
-// build shared by several tests left.
-func atExit(f func()) {
-	exitMu.Lock()
-	defer exitMu.Unlock()
-	exitFuncs = append(exitFuncs, f)
-}
 
 var (
 	imageOnce sync.Once
