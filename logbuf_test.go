@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -29,4 +31,23 @@ func TestBufferedWriter(t *testing.T) {
 	if out.String() != "one\ntwo\n" {
 		t.Fatalf("after Close: %q", out.String())
 	}
+}
+
+// lockedBuffer is what the flushing goroutine writes to while the test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

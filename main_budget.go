@@ -18,8 +18,8 @@ import (
 
 // serveBudget is GET /budget: the current gateway's budgets of the key in
 // X-API-Key.
-func (a *app) serveBudget(w http.ResponseWriter, r *http.Request) {
-	a.current.Load().ServeBudget(w, r)
+func (p *process) serveBudget(w http.ResponseWriter, r *http.Request) {
+	p.current.Load().ServeBudget(w, r)
 }
 
 // budgetCmd is `deskgate budget [-admin ADDR]`: it reads one API key on

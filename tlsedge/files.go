@@ -2,13 +2,11 @@ package tlsedge
 
 import (
 	"crypto/tls"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/innovartx/deskgate/config"
+	"github.com/innovartx/deskgate/internal/filestamp"
 )
 
 // fileCerts is the certificate of server.tls.cert_file and key_file. The
@@ -22,14 +20,14 @@ type fileCerts struct {
 	mu sync.Mutex // one reload at a time; guards seen
 	// seen are the versions of the two files last read, good or bad, so
 	// that a bad pair is logged once, not every poll.
-	seen [2]fileStamp
+	seen [2]filestamp.Stamp
 }
 
 // load reads the pair for the first time: an error is fatal at start-up.
 func (f *fileCerts) load(e *Edge) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.seen = [2]fileStamp{stampOf(f.certPath), stampOf(f.keyPath)}
+	f.seen = [2]filestamp.Stamp{filestamp.Of(f.certPath), filestamp.Of(f.keyPath)}
 	cert, ferr := config.LoadCertificate(f.certPath, f.keyPath)
 	if ferr != nil {
 		return config.Errors{*ferr}
@@ -42,8 +40,8 @@ func (f *fileCerts) load(e *Edge) error {
 func (f *fileCerts) changed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	now := [2]fileStamp{stampOf(f.certPath), stampOf(f.keyPath)}
-	return now != f.seen && !now[0].err && !now[1].err
+	now := [2]filestamp.Stamp{filestamp.Of(f.certPath), filestamp.Of(f.keyPath)}
+	return now != f.seen && !now[0].Err && !now[1].Err
 }
 
 // reload reads the pair again. A pair that cannot be read, does not match
@@ -55,7 +53,7 @@ func (f *fileCerts) changed() bool {
 func (f *fileCerts) reload(e *Edge, why string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.seen = [2]fileStamp{stampOf(f.certPath), stampOf(f.keyPath)}
+	f.seen = [2]filestamp.Stamp{filestamp.Of(f.certPath), filestamp.Of(f.keyPath)}
 	cert, ferr := config.LoadCertificate(f.certPath, f.keyPath)
 	if ferr != nil {
 		e.log.Error("certificate reload refused; the current certificate keeps serving",
@@ -78,26 +76,4 @@ func (f *fileCerts) swap(e *Edge, cert *tls.Certificate) {
 	leaf := leafOf(cert)
 	e.m.TLSCertExpiry.Reset()
 	e.m.TLSCertExpiry.WithLabelValues(certName(leaf)).Set(float64(leaf.NotAfter.Unix()))
-}
-
-// fileStamp identifies a version of a file: a Kubernetes Secret update
-// swaps a symlink (new inode), a rename gives a new inode, a plain write
-// changes size or mtime.
-type fileStamp struct {
-	mod   time.Time
-	size  int64
-	inode uint64
-	err   bool
-}
-
-func stampOf(path string) fileStamp {
-	fi, err := os.Stat(path) // follows symlinks
-	if err != nil {
-		return fileStamp{err: true}
-	}
-	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.inode = sys.Ino
-	}
-	return st
 }

@@ -1,7 +1,7 @@
-package main
+package e2e
 
-// Observability tests (SPEC §6, issue 6): the whole process is started with
-// serveForTest, driven with a scripted mix of traffic, and its /metrics
+// Observability tests (SPEC §6, issue 6): the built binary is started in
+// demo mode (serveForTest), driven with a scripted mix of traffic, and its /metrics
 // scrape, its access log and the deploy/ files (Grafana dashboard,
 // Prometheus rules and scrape config) are checked against each other.
 
@@ -36,7 +36,7 @@ import (
 	"github.com/innovartx/deskgate/metrics"
 )
 
-// Paths of the deploy files, relative to the package directory.
+// Paths of the deploy files, relative to the repository's root (TestMain).
 const (
 	dashboardPath  = "deploy/grafana/deskgate.json"
 	alertsPath     = "deploy/prometheus/alerts.yml"
@@ -72,7 +72,8 @@ func startObsProc(t *testing.T, cfg, keys string) *obsProc {
 	p.client = &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	go func() { done <- serveForTest(ctx, path, nil, p.logs) }()
+	bin := deskgateBinary(t)
+	go func() { done <- serveForTest(ctx, bin, path, nil, p.logs) }()
 	t.Cleanup(func() {
 		cancel()
 		tr.CloseIdleConnections()
@@ -561,7 +562,7 @@ func TestMetricsAfterTrafficMix(t *testing.T) {
 	// SPEC §6: deskgate_build_info is 1 with the version and Go version.
 	t.Run("build_info", func(t *testing.T) {
 		if d := diffObsSeries(familyValues(fams, "deskgate_build_info"), map[string]float64{
-			labelKey("version", buildVersion(), "goversion", runtime.Version()): 1,
+			labelKey("version", testVersion, "goversion", runtime.Version()): 1,
 		}); d != "" {
 			t.Errorf("deskgate_build_info:\n%s", d)
 		}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tests of what `kubectl apply -k` applies (issue 20 items 1 and 2): every
 // kustomization and component under deploy/kubernetes is rendered with

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -67,7 +67,8 @@ func startTLSGateway(t *testing.T) *tlsGateway {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
-	go func() { g.done <- serveForTest(ctx, path, g.hup, g.logs) }()
+	bin := deskgateBinary(t)
+	go func() { g.done <- serveForTest(ctx, bin, path, g.hup, g.logs) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -531,14 +532,14 @@ admin: {listen: "%s"}
 upstream: {url: "http://%s"}
 routes: [{pattern: "/api/v1/", auth: none, rate_limit: false}]
 `, pub, adm, upLn.Addr()), 0o600)
-	cfg, err := config.Load(path)
-	if err != nil {
+	if _, err := config.Load(path); err != nil {
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, path, stampOf(path), false, make(chan os.Signal), logs) }()
+	done := make(chan int, 1)
+	bin := deskgateBinary(t)
+	go func() { done <- serveBinary(ctx, bin, path, false, nil, logs) }()
 	defer func() {
 		cancel()
 		<-done
@@ -566,17 +567,6 @@ routes: [{pattern: "/api/v1/", auth: none, rate_limit: false}]
 	for upstreamDone.Load() < 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the upstream exchange of the unread stream was never released")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func waitForWithin(t *testing.T, logs *lockedBuffer, s string, d time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(logs.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s in the log after %v:\n%s", s, d, logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

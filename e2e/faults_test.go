@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Fault-injection suite (issue 8, "Faults"): the real binary (the one the
 // Dockerfile builds, see builtImage), started as the ops tests start it
@@ -11,7 +11,7 @@ package main
 // (key=value pairs) and one SUMMARY line; TestFaultSummary, the last test of
 // the file, prints the table of every scenario that ran:
 //
-//	go test -race -count=1 -run 'TestFault' -v .
+//	go test -race -count=1 -run 'TestFault' -v ./e2e
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tracing end to end (SPEC §11): the whole process in demo mode, exporting
 // to the in-process OTLP receiver, through a reload and a shutdown.
@@ -50,7 +50,8 @@ func TestTracingEndToEnd(t *testing.T) {
 	hup := make(chan os.Signal, 1)
 	logs := &lockedBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- serveForTest(ctx, path, hup, logs) }()
+	bin := deskgateBinary(t)
+	go func() { done <- serveForTest(ctx, bin, path, hup, logs) }()
 	waitFor(t, logs, `"msg":"deskgate started"`)
 
 	client := &http.Client{Timeout: 5 * time.Second}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Start-up with a Redis that cannot serve (issue 13 item 10 (b)): the whole
 // process, its log and its /metrics.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end operations tests (issue 9, SPEC §5): the real binary — the one
 // the Dockerfile builds, see builtImage — run as `deskgate demo` on free
@@ -62,19 +62,6 @@ func newOpsConfig(t *testing.T) opsConfig {
 	return opsConfig{pub: freeAddr(t), admin: freeAddr(t), upstream: freeAddr(t), customers: "none"}
 }
 
-// writeAtomic writes data to a new file beside path and renames it over
-// path, as editors and config management do.
-func writeAtomic(t *testing.T, path, data string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // opsProc is a running deskgate process.
 type opsProc struct {
 	t      *testing.T
@@ -98,8 +85,7 @@ func startOps(t *testing.T, cfg opsConfig, path string) *opsProc {
 // it still runs.
 func launchOps(t *testing.T, cfg opsConfig, path string) *opsProc {
 	t.Helper()
-	img := builtImage(t)
-	bin := img.file(t, img.stage("deskgate"), img.stage("deskgate").execForm(t, "ENTRYPOINT")[0])
+	bin := deskgateBinary(t)
 	p := &opsProc{t: t, logs: &lockedBuffer{}, cfg: cfg, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "demo", "-config", path)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
