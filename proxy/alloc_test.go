@@ -221,6 +221,41 @@ func BenchmarkGatewayCORS(b *testing.B) {
 	b.Run("on", func(b *testing.B) { benchCORS(b, true) })
 }
 
+// benchYAML runs the chain of benchGateway on the config yml.
+func benchYAML(b *testing.B, yml string) {
+	h := allocHarnessYAML(b, yml)
+	reqs := keyedRequests()
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i%len(reqs) == 0 {
+			h.clock.Advance(2 * time.Minute)
+		}
+		w.Body.Reset()
+		clear(w.Header())
+		h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
+		i++
+	}
+}
+
+// BenchmarkGatewayFeatures: the chain of BenchmarkGatewayNoLog with one
+// feature of round two at a time, on and off in the same run (issue 19
+// item 4): the global limit in shadow mode, and a monthly quota counting
+// every request (in-process store; its Redis cost is in BENCHMARKS.md).
+func BenchmarkGatewayFeatures(b *testing.B) {
+	base := `
+upstream: {url: "${UPSTREAM}"}
+auth: {store: file, file: keys.yaml}
+routes: [{pattern: "/api/v1/", auth: secret}]
+`
+	b.Run("baseline", func(b *testing.B) { benchYAML(b, base+"rate_limit: {key_by: app}\n") })
+	b.Run("shadow", func(b *testing.B) { benchYAML(b, base+"rate_limit: {key_by: app, mode: shadow}\n") })
+	b.Run("quota", func(b *testing.B) {
+		benchYAML(b, base+"rate_limit: {key_by: app}\nquotas: [{name: calls, match: \"/api/v1/\", limit: 1000000}]\n")
+	})
+}
+
 // BenchmarkGatewayNoLog: auth, rate limit, metrics; no access log.
 func BenchmarkGatewayNoLog(b *testing.B) { benchGateway(b, nil) }
 
