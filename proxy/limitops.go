@@ -143,6 +143,11 @@ type upKey struct {
 type upShard struct {
 	mu sync.Mutex
 	m  map[upKey]time.Time
+	// sweepAt is the earliest wait's end once a full shard was swept:
+	// until then no wait can have ended, so a put into the full shard
+	// does not scan it again (at a million identities a scan per put
+	// was a CPU cliff).
+	sweepAt time.Time
 }
 
 // NewUpstreamLimits returns a store of at most size waits (100,000 when
@@ -202,16 +207,26 @@ func (u *UpstreamLimits) put(bucket string, k ratelimit.Key, d time.Duration, no
 		return
 	}
 	if len(s.m) >= u.size {
+		if now.Before(s.sweepAt) {
+			return
+		}
+		var next time.Time
 		for key, t := range s.m {
 			if !t.After(now) {
 				delete(s.m, key)
 				u.n.Add(-1)
+			} else if next.IsZero() || t.Before(next) {
+				next = t
 			}
 		}
+		s.sweepAt = next
 		if len(s.m) >= u.size {
 			return
 		}
 	}
 	s.m[key] = until
+	if until.Before(s.sweepAt) {
+		s.sweepAt = until
+	}
 	u.n.Add(1)
 }

@@ -30,6 +30,11 @@ type denyEntry struct {
 type denyShard struct {
 	mu sync.Mutex
 	m  map[denyKey]denyEntry
+	// sweepAt is the earliest denial's end once a full shard was swept:
+	// until then none can have ended, so a put into the full shard does
+	// not scan it again (a scan per put was a CPU cliff under a flood of
+	// distinct identities).
+	sweepAt time.Duration
 }
 
 func newDenyCache(size int) *denyCache {
@@ -65,14 +70,25 @@ func (c *denyCache) put(p *Policy, k Key, until time.Duration, d Decision) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.m) >= c.size {
+		now := until - d.Reset // as of the call
+		if now < s.sweepAt {
+			return
+		}
+		next := time.Duration(0)
 		for key, e := range s.m {
-			if e.until <= until-d.Reset { // expired as of the call
+			if e.until <= now {
 				delete(s.m, key)
+			} else if next == 0 || e.until < next {
+				next = e.until
 			}
 		}
+		s.sweepAt = next
 		if len(s.m) >= c.size {
 			return
 		}
 	}
 	s.m[denyKey{p.slot, k}] = denyEntry{until: until, d: d}
+	if until < s.sweepAt {
+		s.sweepAt = until
+	}
 }
