@@ -571,3 +571,92 @@ routes: [{pattern: "/api/v1/", auth: none, rate_limit: false}]
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// seedNodeClient is the Node.js handler of the SupportDesk errors page
+// (its "Node.js handler example", as published), with the base URL read
+// from the environment instead of the production host; main calls it the
+// way an integrator would and prints what the handler returned or threw.
+const seedNodeClient = `
+async function callSupportDesk(path, body) {
+  const res = await fetch(process.env.BASE + '/api/v1' + path, {
+    method: 'POST',
+    headers: {
+      'X-API-Key': process.env.SUPPORTDESK_API_KEY,
+      'Content-Type': 'application/json',
+    },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) {
+    const err = await res.json().catch(() => null);
+    const code = err?.code ?? 'UNKNOWN';
+    if (code === 'CUSTOMER_NOT_FOUND') { /* custom business logic */ }
+    throw new Error('SupportDesk ' + res.status + ' ' + code);
+  }
+  return res.json();
+}
+const calls = [
+  ['/tickets', {customerExternalId: 'cus_acme', subject: 'Facture', message: 'Où est ma facture ?'}],
+  ['/tickets', {}],
+];
+for (const [path, body] of calls) {
+  try {
+    const t = await callSupportDesk(path, body);
+    console.log(JSON.stringify({ok: true, id: t.id}));
+  } catch (e) {
+    console.log(JSON.stringify({ok: false, error: e.message}));
+  }
+}
+`
+
+// TestSeedNodeClientOverHTTPS: the SupportDesk docs' Node.js client, run
+// by node with the test CA trusted (NODE_EXTRA_CA_CERTS), works against
+// deskgate over HTTPS as it does against the API: a ticket is created,
+// a validation error and a bad key surface as the documented codes.
+func TestSeedNodeClientOverHTTPS(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("*** no node on PATH: the seed's Node.js client was not run over HTTPS ***")
+	}
+	g := startTLSGateway(t)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	script := filepath.Join(dir, "client.mjs")
+	if err := os.WriteFile(caFile, g.ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(script, []byte(seedNodeClient), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(key string) []map[string]any {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, node, script)
+		cmd.Env = append(os.Environ(), "NODE_EXTRA_CA_CERTS="+caFile,
+			"BASE=https://localhost:"+portOf(g.pub), "SUPPORTDESK_API_KEY="+key)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("node: %v\n%s", err, out)
+		}
+		var res []map[string]any
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("node printed %q: %v", l, err)
+			}
+			res = append(res, m)
+		}
+		return res
+	}
+	res := run("sk_test_AbCdEfGhIjKlMnOpQrStUvWx")
+	if len(res) != 2 || res[0]["ok"] != true || !strings.HasPrefix(fmt.Sprint(res[0]["id"]), "tkt_") {
+		t.Errorf("creating a ticket: %v", res)
+	}
+	if len(res) == 2 && res[1]["error"] != "SupportDesk 400 VALIDATION_ERROR" {
+		t.Errorf("a ticket without fields: %v, want SupportDesk 400 VALIDATION_ERROR", res[1])
+	}
+	res = run("sk_test_short")
+	if len(res) != 2 || res[0]["error"] != "SupportDesk 401 AUTH_API_KEY_INVALID" {
+		t.Errorf("a malformed key: %v, want SupportDesk 401 AUTH_API_KEY_INVALID", res)
+	}
+}
