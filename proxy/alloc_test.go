@@ -39,7 +39,12 @@ func keyedRequests() []*http.Request {
 // chainAllocs measures the allocations of one request through h, over
 // requests with distinct keys (so that the default tiers admit them all).
 func chainAllocs(t testing.TB, h http.Handler, warm func()) float64 {
-	reqs := keyedRequests()
+	return servedAllocs(t, h, keyedRequests(), warm)
+}
+
+// servedAllocs measures the allocations of one request through h over
+// reqs, in rotation; each must be answered 200.
+func servedAllocs(t testing.TB, h http.Handler, reqs []*http.Request, warm func()) float64 {
 	w := httptest.NewRecorder()
 	// A first pass creates every identity's rate-limit state (a cost per
 	// new identity, not per request); then the clock moves past every
@@ -95,22 +100,7 @@ func TestAllocsCORSRoute(t *testing.T) {
 		return reqs
 	}
 	measure := func(h *harness) float64 {
-		reqs := withOrigin(keyedRequests())
-		w := httptest.NewRecorder()
-		for _, r := range reqs {
-			h.gateway.ServeHTTP(w, r)
-		}
-		h.clock.Advance(2 * time.Minute)
-		i := 0
-		return testing.AllocsPerRun(1000, func() {
-			w.Body.Reset()
-			clear(w.Header())
-			h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
-			i++
-			if w.Code != 200 {
-				t.Fatalf("status %d", w.Code)
-			}
-		})
+		return servedAllocs(t, h.gateway, withOrigin(keyedRequests()), func() { h.clock.Advance(2 * time.Minute) })
 	}
 	base := measure(allocHarness(t))
 	h := allocHarnessYAML(t, `
@@ -167,19 +157,7 @@ func benchGateway(b *testing.B, access io.Writer) {
 	if access != nil {
 		h.gateway.access = &accessWriter{w: access, level: slog.LevelInfo}
 	}
-	reqs := keyedRequests()
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if i%len(reqs) == 0 {
-			h.clock.Advance(2 * time.Minute)
-		}
-		w.Body.Reset()
-		clear(w.Header())
-		h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
-		i++
-	}
+	benchServe(b, h, keyedRequests(), nil)
 }
 
 // benchCORS runs the chain of benchGateway with an Origin on every
@@ -200,6 +178,14 @@ routes: [{pattern: "/api/v1/", auth: public}]
 	for _, r := range reqs {
 		r.Header.Set("Origin", "https://widget.example")
 	}
+	benchServe(b, h, reqs, nil)
+}
+
+// benchServe serves reqs in rotation through h's gateway for b, moving
+// the clock past every window at each round so that every request is
+// admitted; prep, when set, runs on a request before it is served. It
+// returns how many requests were served.
+func benchServe(b *testing.B, h *harness, reqs []*http.Request, prep func(*http.Request)) int {
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	i := 0
@@ -209,9 +195,14 @@ routes: [{pattern: "/api/v1/", auth: public}]
 		}
 		w.Body.Reset()
 		clear(w.Header())
-		h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
+		r := reqs[i%len(reqs)]
+		if prep != nil {
+			prep(r)
+		}
+		h.gateway.ServeHTTP(w, r)
 		i++
 	}
+	return i
 }
 
 // BenchmarkGatewayCORS: a public route answering an allowed origin, with
@@ -224,19 +215,7 @@ func BenchmarkGatewayCORS(b *testing.B) {
 // benchYAML runs the chain of benchGateway on the config yml.
 func benchYAML(b *testing.B, yml string) {
 	h := allocHarnessYAML(b, yml)
-	reqs := keyedRequests()
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if i%len(reqs) == 0 {
-			h.clock.Advance(2 * time.Minute)
-		}
-		w.Body.Reset()
-		clear(w.Header())
-		h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
-		i++
-	}
+	benchServe(b, h, keyedRequests(), nil)
 }
 
 // BenchmarkGatewayFeatures: the chain of BenchmarkGatewayNoLog with one

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -430,21 +429,7 @@ func TestAllocsTracingUnsampled(t *testing.T) {
 		for i, r := range reqs {
 			r.Header.Set("Traceparent", fmt.Sprintf("00-%032x-%016x-00", i+1, i+1))
 		}
-		w := httptest.NewRecorder()
-		for _, r := range reqs {
-			h.gateway.ServeHTTP(w, r)
-		}
-		h.clock.Advance(2 * time.Minute)
-		i := 0
-		return testing.AllocsPerRun(1000, func() {
-			w.Body.Reset()
-			clear(w.Header())
-			h.gateway.ServeHTTP(w, reqs[i%len(reqs)])
-			i++
-			if w.Code != 200 {
-				t.Fatalf("status %d", w.Code)
-			}
-		})
+		return servedAllocs(t, h.gateway, reqs, func() { h.clock.Advance(2 * time.Minute) })
 	}
 	c := otlptest.New(t)
 	p := newProvider(t, c.URL, tracing.Options{})
@@ -479,20 +464,7 @@ func benchTraced(b *testing.B, ratio float64, extra http.Header) {
 			r.Header[k] = v
 		}
 	}
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if i%len(reqs) == 0 {
-			h.clock.Advance(2 * time.Minute)
-		}
-		w.Body.Reset()
-		clear(w.Header())
-		r := reqs[i%len(reqs)]
-		delete(r.Header, "Traceparent")
-		h.gateway.ServeHTTP(w, r)
-		i++
-	}
+	i := benchServe(b, h, reqs, func(r *http.Request) { delete(r.Header, "Traceparent") })
 	if p != nil {
 		b.StopTimer()
 		_ = p.ForceFlush(context.Background())
