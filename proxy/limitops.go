@@ -18,15 +18,28 @@ import (
 
 // identityKey is the rate-limit identity of a request on rt (SPEC §4):
 // the client's address on `auth: none` routes and with key_by: ip, the
-// app with key_by: app when the store knows it, else the key.
+// app with key_by: app when the store knows it, else the key. A
+// request's key is derived once (a SHA-256 for an app or an address) and
+// kept in its state for the rate limit, the quotas and the upstream's
+// 429; st is nil for /budget, which has no request state (and no route
+// limited per address).
 func (rt *route) identityKey(st *state, id auth.Identity) ratelimit.Key {
+	if st != nil && st.keyed {
+		return st.key
+	}
+	var k ratelimit.Key
 	switch {
 	case rt.keyByIP:
-		return ratelimit.KeyFromAddr(st.clientIP)
+		k = ratelimit.KeyFromAddr(st.clientIP)
 	case id.AppID != "" && rt.keyBy == "app":
-		return ratelimit.KeyFromApp(id.AppID)
+		k = ratelimit.KeyFromApp(id.AppID)
+	default:
+		k = ratelimit.KeyFromHash(id.Key.Hash)
 	}
-	return ratelimit.KeyFromHash(id.Key.Hash)
+	if st != nil {
+		st.key, st.keyed = k, true
+	}
+	return k
 }
 
 // shadowed records that a budget in shadow mode would have refused the

@@ -166,7 +166,7 @@ func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *ap
 		d := a.Decision
 		if !a.Done {
 			var err error
-			d, err = g.quotaStore.Reserve(r.Context(), qr.q, k, limit, a.TTL)
+			d, err = g.quotaStore.Reserve(st.trace.Context(r.Context()), qr.q, k, limit, a.TTL)
 			if err != nil {
 				if r.Context().Err() != nil {
 					st.canceled = true

@@ -17,6 +17,7 @@ import (
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/metrics"
+	"github.com/innovartx/deskgate/ratelimit"
 	"github.com/innovartx/deskgate/tracing"
 )
 
@@ -54,6 +55,9 @@ type state struct {
 	quota  string
 	holds  []quotaHold
 	quotas quotaPlan // the quotas that count the request (quota.go)
+	// key is the request's rate-limit identity once keyed (identityKey).
+	key   ratelimit.Key
+	keyed bool
 	// limitedBy is "upstream" when the refusal (or shadow refusal) came
 	// from the upstream's own 429 Retry-After, not deskgate's budget.
 	limitedBy string
