@@ -51,7 +51,7 @@ type pending struct {
 	key      []byte
 	// asks are the quota reservations to make if the request is
 	// admitted (a copy: the batch may outlive the caller), and qkeys
-	// their keys, a hash and a set each.
+	// their keys.
 	asks  []QuotaAsk
 	qkeys []string
 	d     Decision
@@ -67,9 +67,11 @@ var pendingPool = sync.Pool{New: func() any { return &pending{done: make(chan st
 
 // call is one script call's buffers, reused.
 type call struct {
-	items []*pending
-	args  []any
-	pols  []*Policy
+	items   []*pending
+	args    []any
+	pols    []*Policy
+	settles []settlement // the queued settlements it carries (settle.go)
+	marks   []any        // per quota of its requests, the marks it folds
 }
 
 var callPool = sync.Pool{New: func() any { return &call{} }}
@@ -107,8 +109,7 @@ func (r *Redis) allowQuotas(ctx context.Context, deadline time.Time, p *Policy, 
 	if len(asks) > 0 {
 		it.asks = append(it.asks[:0], asks...)
 		for _, a := range asks {
-			hash, set := r.quotaKeys(a.Quota, k)
-			it.qkeys = append(it.qkeys, hash, set)
+			it.qkeys = append(it.qkeys, r.quotaKey(a.Quota, k))
 		}
 	}
 	b := &r.batch
@@ -173,17 +174,58 @@ func (it *pending) appendKeys(args []any) []any {
 func (it *pending) numKeys() int { return 1 + len(it.qkeys) }
 
 // appendArgs appends it's own ARGV: its policy's index, its number of
-// quotas and each one's limit, ttl (ms) and stop flag.
-func (it *pending) appendArgs(args []any, pol int) []any {
+// quotas and each one's limit, ttl (ms), stop flag and settlement marks
+// (marks[i] for its i-th quota; none when marks is nil).
+func (it *pending) appendArgs(args []any, pol int, marks []any) []any {
 	args = append(args, pol, len(it.asks))
-	for _, a := range it.asks {
+	for i, a := range it.asks {
 		stop := 0
 		if a.Stop {
 			stop = 1
 		}
-		args = append(args, a.Limit, max(int64(a.TTL/time.Millisecond), 1), stop)
+		m := argNoMarks
+		if marks != nil {
+			m = marks[i]
+		}
+		args = append(args, a.Limit, max(int64(a.TTL/time.Millisecond), 1), stop, m)
 	}
 	return args
+}
+
+// argNoMarks is a quota's marks when no settlement goes with it.
+var argNoMarks any = ""
+
+// claimMarks hands each settlement of c whose key a quota of its requests
+// reads to that quota (the first to read it), in c.marks: the script then
+// folds it into the value it writes, with no command of its own. It
+// returns the settlements left, to append by key. c.settles is reordered.
+func (c *call) claimMarks(items []*pending) (rest []settlement) {
+	c.marks = c.marks[:0]
+	left := c.settles
+	for _, it := range items {
+		for _, key := range it.qkeys {
+			m := argNoMarks
+			var joined string
+			n := 0
+			for i := 0; i < len(left); {
+				if left[i].key != key {
+					i++
+					continue
+				}
+				joined += left[i].mark
+				n++
+				// Claimed: moved out of the left part, in place.
+				last := len(left) - 1
+				left[i], left[last] = left[last], left[i]
+				left = left[:last]
+			}
+			if n > 0 {
+				m = joined
+			}
+			c.marks = append(c.marks, m)
+		}
+	}
+	return left
 }
 
 // handOver ends a call made by a request's own goroutine: its slot goes to
@@ -277,18 +319,32 @@ func (r *Redis) run(c *call) {
 		ctx = sctx
 		defer endCallSpan(span, items)
 	}
+	// The settlements queued so far go first (settle.go).
+	c.settles = r.settles.take(c.settles[:0])
+	defer func() {
+		clear(c.settles)
+		c.settles = c.settles[:0]
+	}()
 	if cc, ok := r.client.(*redis.ClusterClient); ok {
-		r.runPipeline(ctx, cc, items)
+		r.runPipeline(ctx, cc, items, c.settles)
 		return
 	}
-	nkeys := 0
+	rest := c.settles
+	if len(rest) > 0 {
+		rest = c.claimMarks(items)
+	}
+	nkeys := len(rest)
 	for _, it := range items {
 		nkeys += it.numKeys()
 	}
 	args := append(c.args[:0], argEvalSHA, argSHA, nkeys)
+	for _, st := range rest {
+		args = append(args, st.key)
+	}
 	for _, it := range items {
 		args = it.appendKeys(args)
 	}
+	args = appendMarks(args, rest)
 	// Each policy of the call once (a call usually has one), then each
 	// request's policy by index.
 	pols := c.pols[:0]
@@ -301,9 +357,15 @@ func (r *Redis) run(c *call) {
 	for _, p := range pols {
 		args = append(args, p.scriptArgs...)
 	}
+	marks := c.marks
 	for _, it := range items {
-		args = it.appendArgs(args, slices.Index(pols, it.p)+1)
+		var m []any
+		if len(c.settles) > 0 {
+			m, marks = marks[:len(it.asks)], marks[len(it.asks):]
+		}
+		args = it.appendArgs(args, slices.Index(pols, it.p)+1, m)
 	}
+	clear(c.marks)
 	clear(pols)
 	c.pols = pols[:0]
 	cmd := r.client.Do(ctx, args...)
@@ -315,6 +377,9 @@ func (r *Redis) run(c *call) {
 	clear(args)
 	c.args = args[:0]
 	reply, err := cmd.Text()
+	if err != nil && len(c.settles) > 0 {
+		r.settles.retry(c.settles, fmt.Errorf("quota settlements: %w", err))
+	}
 	if err == nil {
 		err = parseReply(reply, items)
 	}
@@ -326,23 +391,28 @@ func (r *Redis) run(c *call) {
 }
 
 // runPipeline decides items in a Cluster: one single-request call each,
-// pipelined.
-func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items []*pending) {
+// pipelined, after one call per settlement (a call spans one slot).
+func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items []*pending, settles []settlement) {
 	cmds := make([]*redis.Cmd, len(items))
+	scmds := make([]*redis.Cmd, len(settles))
 	_, _ = cc.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, st := range settles {
+			scmds[i] = pipe.Do(ctx, settleOnly(st)...)
+		}
 		for i, it := range items {
-			args := make([]any, 0, 8+len(it.qkeys)+len(it.p.scriptArgs)+3*len(it.asks))
+			args := make([]any, 0, 9+len(it.qkeys)+len(it.p.scriptArgs)+3*len(it.asks))
 			args = append(args, argEvalSHA, argSHA, it.numKeys(), string(it.key))
 			for _, k := range it.qkeys {
 				args = append(args, k)
 			}
-			args = append(args, 1)
+			args = append(args, 0, 1)
 			args = append(args, it.p.scriptArgs...)
-			args = it.appendArgs(args, 1)
+			args = it.appendArgs(args, 1, nil)
 			cmds[i] = pipe.Do(ctx, args...)
 		}
 		return nil
 	})
+	_ = r.settledInCluster(ctx, cc, settles, scmds)
 	for i, it := range items {
 		cmd := cmds[i]
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {

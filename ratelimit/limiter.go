@@ -161,16 +161,40 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	l.fallback.Set(0)
 	l.evicting = m.RateLimitEvicting
 	l.evicting.Set(0)
+	if l.redis != nil {
+		l.redis.settles.failed = l.settleFailed
+	}
 	return l
 }
 
-// Close stops the background checks and the local store's sweep.
+// settleFailed is told of a call of quota settlements that failed: it is
+// a store error, and the settlements it drops for good are logged (their
+// slots expire; a dropped commit is a request the month does not count).
+func (l *Limiter) settleFailed(err error, dropped int) {
+	l.storeErrors.Inc()
+	if dropped > 0 {
+		l.log.LogAttrs(context.Background(), slog.LevelWarn, "quota settlements dropped after retries",
+			slog.Int("dropped", dropped), slog.String("error", err.Error()))
+	}
+}
+
+// Close stops the background checks and the local store's sweep, and
+// writes the quota commits still queued.
 func (l *Limiter) Close() {
 	l.health.mu.Lock()
 	l.health.closed = true
 	l.health.mu.Unlock()
 	l.cancel()
 	l.wg.Wait()
+	if l.redis != nil {
+		// The commits still queued (settle.go).
+		l.redis.settles.stop()
+		ctx, cancel := context.WithTimeout(context.Background(), max(l.timeout, settleTimeout))
+		if err := l.redis.flushSettlements(ctx); err != nil {
+			l.log.LogAttrs(ctx, slog.LevelWarn, "quota settlements not written at shutdown", slog.String("error", err.Error()))
+		}
+		cancel()
+	}
 	l.local.Close()
 }
 

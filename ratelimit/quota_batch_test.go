@@ -113,8 +113,7 @@ func TestAllowQuotasOneCall(t *testing.T) {
 		if d, _ := r.allowQuotas(ctx, time.Time{}, p, fresh, a); d.Allowed || a[0].Done {
 			t.Fatalf("fresh: %v %+v", d, a)
 		}
-		hash, set := r.quotaKeys(qa, fresh)
-		if n, err := c.Exists(ctx, hash, set).Result(); err != nil || n != 0 {
+		if n, err := c.Exists(ctx, r.quotaKey(qa, fresh)).Result(); err != nil || n != 0 {
 			t.Errorf("a refused request created %d quota keys (%v)", n, err)
 		}
 		// A shadow-style ask (no Stop): a refusal does not end the others.
@@ -223,8 +222,7 @@ func TestAllowQuotasInOneBatch(t *testing.T) {
 		for i, it := range cl.items {
 			if i < 2 {
 				it.asks = []QuotaAsk{{Quota: q, Limit: 5, TTL: time.Minute, Stop: true}}
-				hash, set := r.quotaKeys(q, ka)
-				it.qkeys = []string{hash, set}
+				it.qkeys = []string{r.quotaKey(q, ka)}
 			}
 		}
 		r.run(cl)
@@ -244,17 +242,16 @@ func TestAllowQuotasInOneBatch(t *testing.T) {
 	})
 }
 
-// TestAllowQuotasKeyRefused: a quota whose key Redis refuses (another
-// type) is left to the caller (not Done), and the rate-limit decision
-// stands.
+// TestAllowQuotasKeyRefused: a quota whose value cannot be read (not
+// written by deskgate) is left to the caller (not Done), and the
+// rate-limit decision stands.
 func TestAllowQuotasKeyRefused(t *testing.T) {
 	quotaStores(t, func(t *testing.T, c *redis.Client) {
 		r := NewRedis(c)
 		p := defaultPolicy(t)
 		k := KeyFromApp("app_wrongtype")
 		q := NewQuota("tickets")
-		hash, _ := r.quotaKeys(q, k)
-		if err := c.Set(context.Background(), hash, "not a hash", 0).Err(); err != nil {
+		if err := c.Set(context.Background(), r.quotaKey(q, k), "not a quota", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
 		a := []QuotaAsk{{Quota: q, Limit: 5, TTL: time.Minute, Stop: true}, {Quota: NewQuota("other"), Limit: 5, TTL: time.Minute}}

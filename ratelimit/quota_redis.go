@@ -5,25 +5,37 @@ import (
 
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// In Redis, one identity's quota is two keys in the identity's hash slot
-// (the {hash} tag of [RedisKey]), so that a Cluster keeps them together:
+// In Redis, one identity's count of a quota is one string key in the
+// identity's hash slot (the {hash} tag of [RedisKey]), so that a Cluster
+// keeps it with the identity's logs: deskgate:rl:{<identity>}:quota:<name>,
 //
-//   - deskgate:rl:{<identity>}:quota:<name>, a hash: m, the month it
-//     counts (year*12 + month-1, from Redis TIME); u, the slots committed
-//     in it; n, the last reservation id;
-//   - deskgate:rl:{<identity>}:quota:<name>:r, a sorted set of the
-//     reserved slots' ids, scored by their expiry (ms, Redis time).
+//	<month> <used> <last id> r<id>:<expiry> ... c<id> x<id> ...
 //
-// Both expire a day after the end of their month. Reserving trims the
-// expired slots, starts the month afresh when it changed, and takes a slot
-// while used + reserved < limit: all in one script, so that concurrent
-// requests on any number of replicas never take more than the limit.
+// the month it counts (year*12 + month-1, from Redis TIME), the slots
+// committed in it, the last slot id, then its events in order: a slot
+// reserved until its expiry (ms, Redis time), a slot committed, a slot
+// released. It expires a day after the end of its month.
+//
+// A reservation is made by the rate-limit script with the request's
+// decision (see batch.go): the key is read with the identity's log (one
+// MGET instead of the GET) and written once (SET) when a slot is taken —
+// one command more than the rate limit alone, in the same call. Reserving
+// replays the events, drops the expired slots, starts the month afresh
+// when it changed, and takes a slot while used + held < limit: in one
+// script, so that concurrent requests on any number of replicas never take
+// more than the limit.
+//
+// A settlement is one APPEND of " c<id>" or " x<id>" (see settle.go); a
+// commit goes with the next call to Redis, whatever it decides, rather
+// than in a round trip of its own. The next reservation folds the
+// settlements into the header.
+// A commit counts only while its slot is held: settling twice (a retried
+// call) counts once.
 
 // quotaMonthLua computes the calendar month (UTC) of Unix seconds, with
 // Howard Hinnant's civil-from-days algorithms: Lua has no date functions
@@ -32,49 +44,31 @@ import (
 //go:embed lua/month.lua
 var quotaMonthLua string
 
-// quotaReserveFnLua is the reservation itself, shared by the quota's own
-// script and the rate-limit script (which reserves with its decision, see
-// batch.go): reserve takes a slot of the quota whose hash is hk and set
-// sk, for ttl ms, when fewer than limit are used or reserved in month; now
-// is Redis' time in ms and reset the next month's start (Unix s). It
-// returns allowed (0/1), the slots taken after it and the slot's id (0
-// when refused).
+// quotaFnLua is the reading, reserving and writing of a quota's value
+// and the appending of a settlement, shared by the quota's own scripts and
+// the rate-limit script.
 //
-//go:embed lua/quota_reserve_fn.lua
-var quotaReserveFnLua string
+//go:embed lua/quota_fn.lua
+var quotaFnLua string
 
-// quotaReserveLua: KEYS: the hash, the set. ARGV: limit, ttl ms. Reply:
+// quotaReserveLua: KEYS: the quota's key. ARGV: limit, ttl ms. Reply:
 // allowed (0/1), slots taken after the call, the reservation id (0 when
 // refused), month, month start and next month start (Unix s), now (ms).
-var quotaReserveLua = quotaMonthLua + quotaReserveFnLua + quotaReserveMainLua
+var quotaReserveLua = quotaMonthLua + quotaFnLua + quotaReserveMainLua
 
 //go:embed lua/quota_reserve.lua
 var quotaReserveMainLua string
 
-// quotaCommitLua: KEYS: the hash, the set. ARGV: reservation id, its
-// month. The slot leaves the set and, if its month is still the hash's,
-// counts — even when it had expired: the upstream did the work.
-//
-//go:embed lua/quota_commit.lua
-var quotaCommitLua string
+var quotaReserveScript = redis.NewScript(quotaReserveLua)
 
-var (
-	quotaReserveScript = redis.NewScript(quotaReserveLua)
-	quotaCommitScript  = redis.NewScript(quotaCommitLua)
-)
-
-// quotaKeys returns the hash and set keys of k's count of q.
-func (r *Redis) quotaKeys(q *Quota, k Key) (hash, set string) {
-	hash = RedisKey(r.prefix, q.id, k)
-	return hash, hash + ":r"
-}
+// quotaKey returns the key of k's count of q.
+func (r *Redis) quotaKey(q *Quota, k Key) string { return RedisKey(r.prefix, q.id, k) }
 
 // Reserve takes a slot of q for k in one script call. The caller bounds
 // it with ctx.
 func (r *Redis) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {
-	hash, set := r.quotaKeys(q, k)
 	ttlMS := max(int64(ttl/time.Millisecond), 1)
-	v, err := quotaReserveScript.Run(ctx, r.client, []string{hash, set}, limit, ttlMS).Int64Slice()
+	v, err := quotaReserveScript.Run(ctx, r.client, []string{r.quotaKey(q, k)}, limit, ttlMS).Int64Slice()
 	if err != nil {
 		return QuotaDecision{}, fmt.Errorf("quota script: %w", err)
 	}
@@ -98,23 +92,21 @@ func quotaDecision(limit int64, v [7]int64) QuotaDecision {
 	return d
 }
 
-// Settle commits or releases r in one call.
+// Settle commits or releases res. A commit is queued, to go with the next
+// call to Redis (settle.go): the request's answer is out, and its slot,
+// held until then, counts the same. A release is written now, in a call
+// of its own with the queued commits, so that the slot is free for the
+// next request on any replica; when that call fails, the release stays
+// queued and is retried.
 func (r *Redis) Settle(ctx context.Context, q *Quota, k Key, res Reservation, commit bool) error {
 	if !res.Held() {
 		return nil
 	}
-	hash, set := r.quotaKeys(q, k)
-	id := strconv.FormatInt(res.ID, 10)
-	var err error
+	r.settles.add(r.quotaKey(q, k), res.ID, commit)
 	if commit {
-		err = quotaCommitScript.Run(ctx, r.client, []string{hash, set}, id, strconv.FormatInt(res.Month, 10)).Err()
-	} else {
-		err = r.client.ZRem(ctx, set, id).Err()
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("quota %s: %w", settleVerb(commit), err)
-	}
-	return nil
+	return r.flushSettlements(ctx)
 }
 
 // QuotaUsed returns k's count of q in the month Redis is in and the slots
@@ -126,10 +118,12 @@ func (r *Redis) QuotaUsed(ctx context.Context, q *Quota, k Key) (used, reserved 
 
 // QuotaUsage returns k's standing against q in the month Redis is in, by
 // Redis' clock, in one script call that writes nothing (no key is made
-// for an identity that has none).
+// for an identity that has none), after the settlements queued so far.
 func (r *Redis) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error) {
-	hash, set := r.quotaKeys(q, k)
-	v, err := quotaUsedScript.Run(ctx, r.client, []string{hash, set}).Int64Slice()
+	if err := r.flushSettlements(ctx); err != nil {
+		return QuotaUsage{}, err
+	}
+	v, err := quotaUsedScript.Run(ctx, r.client, []string{r.quotaKey(q, k)}).Int64Slice()
 	if err != nil || len(v) != 4 {
 		return QuotaUsage{}, fmt.Errorf("quota read: %v %w", v, err)
 	}
@@ -137,16 +131,9 @@ func (r *Redis) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, er
 	return QuotaUsage{Used: v[0], Reserved: v[1], ResetAt: next, ResetIn: next.Sub(time.UnixMilli(v[3])), Store: storeNames[storeRedis]}, nil
 }
 
-// quotaUsedScript: KEYS: the hash, the set. Reply: used, reserved, the
+// quotaUsedScript: KEYS: the quota's key. Reply: used, reserved, the
 // next month's start (Unix s), now (ms). It reads only.
-var quotaUsedScript = redis.NewScript(quotaMonthLua + quotaUsedMainLua)
+var quotaUsedScript = redis.NewScript(quotaMonthLua + quotaFnLua + quotaUsedMainLua)
 
 //go:embed lua/quota_used.lua
 var quotaUsedMainLua string
-
-func settleVerb(commit bool) string {
-	if commit {
-		return "commit"
-	}
-	return "release"
-}

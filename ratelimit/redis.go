@@ -38,23 +38,25 @@ import (
 // script makes them, in order, only when it admits the request — a 429
 // consumes no quota — so that a request both limits count costs one round
 // trip. Their keys share the identity's hash tag with its log: one
-// request's keys are in one Cluster slot.
+// request's keys are in one Cluster slot. A call also carries the quota
+// settlements queued since the last call (settle.go), written first.
 //
-// KEYS: per request, its log, then the hash and the set of each of its
-// quotas. ARGV: the number of policies in the call; per policy, its number
-// of tiers n, capacity, longest window in µs and the key's TTL in ms, then
-// n pairs of limit and window in µs; then, per request, the index (from 1)
-// of its policy, its number of quotas, and per quota its limit, the
-// slot's ttl in ms and 1 when a refusal ends the reservations (0 when the
-// next are still made). Reply: one string, per request four numbers —
-// allowed, tier, remaining, reset µs, with the meaning of [Decision] — or
-// "e 0 0 0" for a request whose key Redis refused (a key of another type,
-// a write refused for memory), followed per quota by seven numbers —
-// allowed, slots taken, reservation id, month, month start and next month
-// start (Unix s), now (ms), as the quota's own script — or "x" when it was
-// not reserved (the request refused, an earlier quota refused it, or
-// Redis refused the quota's keys); then "|" and the first error of a
-// request.
+// KEYS: the settlements' keys; then per request, its log, then the key of
+// each of its quotas. ARGV: the number of settlements and their marks
+// (" c<id>", " x<id>"); the number of policies in the call; per policy,
+// its number of tiers n, capacity, longest window in µs and the key's TTL
+// in ms, then n pairs of limit and window in µs; then, per request, the
+// index (from 1) of its policy, its number of quotas, and per quota its
+// limit, the slot's ttl in ms and 1 when a refusal ends the reservations
+// (0 when the next are still made). Reply: one string, per request four
+// numbers — allowed, tier, remaining, reset µs, with the meaning of
+// [Decision] — or "e 0 0 0" for a request whose key Redis refused (a key
+// of another type, a write refused for memory), followed per quota by
+// seven numbers — allowed, slots taken, reservation id, month, month start
+// and next month start (Unix s), now (ms), as the quota's own script — or
+// "x" when it was not reserved (the request refused, an earlier quota
+// refused it, or Redis refused the quota's write); then "|" and the first
+// error of a request.
 var slidingLogScript = redis.NewScript(slidingLogLua)
 
 // slidingLogArgs encodes p for the sliding-log script, once per policy:
@@ -71,7 +73,7 @@ func slidingLogArgs(p *Policy) []any {
 	return args
 }
 
-var slidingLogLua = quotaMonthLua + quotaReserveFnLua + slidingLogMainLua
+var slidingLogLua = quotaMonthLua + quotaFnLua + slidingLogMainLua
 
 // slidingLogMainLua is the script's body; its Go twin, deciding the same
 // way in process, is memory.go.
@@ -87,6 +89,8 @@ type Redis struct {
 	gcra   *redis_rate.Limiter
 	prefix string
 	batch  batcher
+	// settles are the quota settlements waiting for the next call.
+	settles settleQueue
 }
 
 var _ Store = (*Redis)(nil)
@@ -99,6 +103,7 @@ const KeyPrefix = "deskgate:rl:"
 func NewRedis(client redis.UniversalClient) *Redis {
 	r := &Redis{client: client, gcra: redis_rate.NewLimiter(client), prefix: KeyPrefix}
 	r.batch.maxInflight = defaultInflight()
+	r.settles.flush = r.flushTimer
 	return r
 }
 

@@ -1,7 +1,5 @@
 
 local W = 13
-local t = redis.call('TIME')
-local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function at(s, i)
   return tonumber(string.sub(s, i * W + 1, i * W + W), 16)
 end
@@ -13,9 +11,14 @@ local function first_after(s, size, cutoff)
   end
   return lo
 end
+-- First the settlements: KEYS[1..ns], ARGV[2..ns+1] their marks.
+local ns = tonumber(ARGV[1])
+for i = 1, ns do
+  qsettle(KEYS[i], ARGV[1 + i])
+end
 local pols = {}
-local a = 2
-for q = 1, tonumber(ARGV[1]) do
+local a = ns + 3
+for q = 1, tonumber(ARGV[ns + 2]) do
   local n = tonumber(ARGV[a])
   local pol = {n = n, capacity = tonumber(ARGV[a + 1]), maxw = tonumber(ARGV[a + 2]), ttl = ARGV[a + 3]}
   a = a + 4
@@ -25,19 +28,37 @@ for q = 1, tonumber(ARGV[1]) do
   end
   pols[q] = pol
 end
+-- The call's one TIME, when it decides requests (not for settlements
+-- alone).
+local clock = 0
+if a <= #ARGV then
+  local t = redis.call('TIME')
+  clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local out, failure = {}, nil
 local qmonth, qstart, qreset, qnow
-local kc, j = 1, 0
+local kc, j = ns + 1, 0
 while a <= #ARGV do
   j = j + 1
   local key = KEYS[kc]
   local pol = pols[tonumber(ARGV[a])]
   local nq = tonumber(ARGV[a + 1])
   local qa, qk = a + 2, kc + 1
-  a = a + 2 + 3 * nq
-  kc = kc + 1 + 2 * nq
+  a = a + 2 + 4 * nq
+  kc = kc + 1 + nq
   local admitted = false
-  local s = redis.pcall('GET', key)
+  local s, qvals
+  if nq > 0 then
+    -- The log and the quotas in one read. MGET reads a key of another
+    -- type as none: the write replaces it.
+    s = redis.pcall('MGET', key, unpack(KEYS, qk, qk + nq - 1))
+    if not s.err then
+      qvals = s
+      s = s[1]
+    end
+  else
+    s = redis.pcall('GET', key)
+  end
   if type(s) == 'table' and s.err then
     failure = failure or s.err
     out[j] = 'e 0 0 0'
@@ -101,13 +122,24 @@ while a <= #ARGV do
     local go = admitted
     for i = 0, nq - 1 do
       local ok, allowed, taken, id = false, 0, 0, 0
+      -- The quota's own settlements, queued since its last call: folded
+      -- into its value when it is written, else appended.
+      local marks = ARGV[qa + 4 * i + 3]
       if go then
-        local lim, ttl = tonumber(ARGV[qa + 3 * i]), tonumber(ARGV[qa + 3 * i + 1])
-        ok, allowed, taken, id = pcall(reserve, KEYS[qk + 2 * i], KEYS[qk + 2 * i + 1], lim, ttl, qnow, qmonth, qreset)
+        local lim, ttl = tonumber(ARGV[qa + 4 * i]), tonumber(ARGV[qa + 4 * i + 1])
+        ok, allowed, taken, id = pcall(function()
+          local v = qvals[i + 2]
+          if v and marks ~= '' then v = v .. marks end
+          local q = qload(v, qmonth, qnow)
+          local r, n, slot = qreserve(q, lim, ttl, qnow)
+          if r == 1 then qsave(KEYS[qk + i], q, qmonth, qreset, qnow) end
+          return r, n, slot
+        end)
       end
+      if marks ~= '' and not (ok and allowed == 1) then qsettle(KEYS[qk + i], marks) end
       if ok then
         parts[i + 2] = string.format('%d %d %d %d %d %d %d', allowed, taken, id, qmonth, qstart, qreset, qnow)
-        if allowed == 0 and ARGV[qa + 3 * i + 2] == '1' then go = false end
+        if allowed == 0 and ARGV[qa + 4 * i + 2] == '1' then go = false end
       else
         parts[i + 2] = 'x'
         go = false
