@@ -54,12 +54,10 @@ type process struct {
 	level   *slog.LevelVar
 	metrics *metrics.Metrics
 	limiter *ratelimit.Limiter
-	// redis is the client of redis.*, shared by the limiter and the key
-	// store; nil without Redis.
-	redis        redis.UniversalClient
-	redisTimeout time.Duration
-	keys         keyStores
-	listen       listenOverrides
+	// keys hands out the key store of each config; it shares the Redis
+	// client of the limiter.
+	keys   *auth.StoreKeeper
+	listen listenOverrides
 	// upstream429 remembers the upstream's 429s across reloads.
 	upstream429 *proxy.UpstreamLimits
 	current     atomic.Pointer[proxy.Gateway]
@@ -72,7 +70,7 @@ type process struct {
 // build builds the gateway of cfg, with the trace provider it exports to
 // (nil: export off), which the caller adopts once the gateway is in use.
 func (p *process) build(cfg *config.Config) (*proxy.Gateway, *tracing.Provider, error) {
-	store, err := p.keyStore(cfg)
+	store, err := p.keys.Store(cfg.Auth, cfg.KeyFile)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -168,15 +166,18 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded filestam
 	reg := prometheus.NewRegistry()
 	p.metrics = metrics.New(reg, buildVersion())
 	var err error
+	// client is the Redis of redis.*, shared by the limiter and the key
+	// store; nil without Redis.
+	var client redis.UniversalClient
 	if cfg.Redis.Enabled() {
 		redisclient.SetLogger(p.log)
-		if p.redis, err = redisclient.New(cfg.Redis); err != nil {
+		if client, err = redisclient.New(cfg.Redis); err != nil {
 			return err
 		}
-		defer p.redis.Close()
-		p.redisTimeout = cfg.Redis.Timeout.D()
+		defer client.Close()
 	}
-	limiter, err := newLimiter(cfg.Redis, p.redis, p.metrics, p.log)
+	p.keys = auth.NewStoreKeeper(client, cfg.Redis.Timeout.D(), p.log)
+	limiter, err := newLimiter(cfg.Redis, client, p.metrics, p.log)
 	if err != nil {
 		return err
 	}
