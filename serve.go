@@ -4,13 +4,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"reflect"
 	"sync/atomic"
@@ -54,12 +51,10 @@ type process struct {
 	level   *slog.LevelVar
 	metrics *metrics.Metrics
 	limiter *ratelimit.Limiter
-	// redis is the client of redis.*, shared by the limiter and the key
-	// store; nil without Redis.
-	redis        redis.UniversalClient
-	redisTimeout time.Duration
-	keys         keyStores
-	listen       listenOverrides
+	// keys hands out the key store of each config; it shares the Redis
+	// client of the limiter.
+	keys   *auth.StoreKeeper
+	listen listenOverrides
 	// upstream429 remembers the upstream's 429s across reloads.
 	upstream429 *proxy.UpstreamLimits
 	current     atomic.Pointer[proxy.Gateway]
@@ -72,7 +67,7 @@ type process struct {
 // build builds the gateway of cfg, with the trace provider it exports to
 // (nil: export off), which the caller adopts once the gateway is in use.
 func (p *process) build(cfg *config.Config) (*proxy.Gateway, *tracing.Provider, error) {
-	store, err := p.keyStore(cfg)
+	store, err := p.keys.Store(cfg.Auth, cfg.KeyFile)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -159,29 +154,102 @@ func (p *process) reload(path string) {
 // serve runs the gateway of cfg, loaded from path when the file was at
 // version loaded, until ctx ends. The listen overrides of the command line
 // apply to every reloaded config too.
+//
+// Start-up, in order: the buffered log and the metrics; the stores (the
+// Redis client, then the key stores and the rate limiter that share it);
+// the first gateway and its trace provider; the demo upstream; the
+// listeners (public, admin, https redirect), then ready; then the
+// watchers. It then serves, reloading on SIGHUP and on file changes,
+// until ctx ends (a clean shutdown, return nil) or a listener fails (an
+// error, without the shutdown). Shutdown, in order: not ready;
+// shutdown_delay; the public listener drains within shutdown_timeout; the
+// spans flushed; the admin and redirect listeners; the gateway closed.
+// Then, however serve returns, what start-up opened closes in reverse:
+// the watchers, the demo upstream, the trace providers (flushed within
+// the first config's shutdown_timeout), the limiter, the Redis client,
+// and last the log, flushed.
 func serve(ctx context.Context, cfg *config.Config, path string, loaded filestamp.Stamp, demo bool, hup <-chan os.Signal, stdout io.Writer, listen listenOverrides) error {
 	keysLoaded := filestamp.Of(cfg.KeyFilePath)
-	p := &process{level: new(slog.LevelVar), listen: listen, upstream429: proxy.NewUpstreamLimits(0)}
-	p.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
+	p, reg := newProcess(cfg, stdout, listen)
 	defer p.out.Close()
-	p.log = newLogger(p.out, cfg.Log, p.level)
-	reg := prometheus.NewRegistry()
-	p.metrics = metrics.New(reg, buildVersion())
-	var err error
-	if cfg.Redis.Enabled() {
-		redisclient.SetLogger(p.log)
-		if p.redis, err = redisclient.New(cfg.Redis); err != nil {
-			return err
-		}
-		defer p.redis.Close()
-		p.redisTimeout = cfg.Redis.Timeout.D()
-	}
-	limiter, err := newLimiter(cfg.Redis, p.redis, p.metrics, p.log)
+	closeStores, err := p.openStores(cfg.Redis)
 	if err != nil {
 		return err
 	}
-	p.limiter = limiter
-	defer limiter.Close()
+	defer closeStores()
+	if err := p.startGateway(cfg); err != nil {
+		return err
+	}
+	// Spans still queued if serve returns early (a clean shutdown has
+	// flushed them already, within shutdown_timeout).
+	defer p.flushTraces(cfg.Server.ShutdownTimeout.D())
+	if demo {
+		upstream, err := startDemoUpstream(cfg.Upstream.URL, p.log)
+		if err != nil {
+			return err
+		}
+		defer upstream.Close()
+	}
+	l, err := p.openListeners(cfg, reg)
+	if err != nil {
+		return err
+	}
+	errc := l.serve()
+	p.ready.Store(true)
+	p.logStarted(cfg, l)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	changed := p.watch(wctx, path, loaded, keysLoaded, l.edge)
+	if err := p.runUntilDone(ctx, path, hup, changed, errc, l.edge); err != nil {
+		return err
+	}
+	p.shutdown(context.Cause(ctx), l)
+	return nil
+}
+
+// newProcess starts the process of cfg: its buffered log on stdout, which
+// the caller closes last, and its metrics, in the registry it returns.
+func newProcess(cfg *config.Config, stdout io.Writer, listen listenOverrides) (*process, *prometheus.Registry) {
+	p := &process{level: new(slog.LevelVar), listen: listen, upstream429: proxy.NewUpstreamLimits(0)}
+	p.out = newBufferedWriter(stdout, 64<<10, 100*time.Millisecond)
+	p.log = newLogger(p.out, cfg.Log, p.level)
+	reg := prometheus.NewRegistry()
+	p.metrics = metrics.New(reg, buildVersion())
+	return p, reg
+}
+
+// openStores opens the Redis client of cfg (none without Redis), the
+// rate limiter and the key store keeper, which share it. closeStores
+// closes the limiter, then the client.
+func (p *process) openStores(cfg config.Redis) (closeStores func(), err error) {
+	// client is the Redis of redis.*, shared by the limiter and the key
+	// store; nil without Redis.
+	var client redis.UniversalClient
+	if cfg.Enabled() {
+		redisclient.SetLogger(p.log)
+		if client, err = redisclient.New(cfg); err != nil {
+			return nil, err
+		}
+	}
+	closeClient := func() {
+		if client != nil {
+			client.Close()
+		}
+	}
+	p.keys = auth.NewStoreKeeper(client, cfg.Timeout.D(), p.log)
+	if p.limiter, err = newLimiter(cfg, client, p.metrics, p.log); err != nil {
+		closeClient()
+		return nil, err
+	}
+	return func() {
+		p.limiter.Close()
+		closeClient()
+	}, nil
+}
+
+// startGateway builds the gateway of cfg, with its trace provider, and
+// puts it in service.
+func (p *process) startGateway(cfg *config.Config) error {
 	tracing.SetLogger(p.log)
 	p.traces.opts = tracing.Options{Version: buildVersion(), Dropped: p.metrics.TraceSpansDropped, Logger: p.log}
 	gw, tp, err := p.build(cfg)
@@ -189,103 +257,27 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded filestam
 		return err
 	}
 	p.traces.adopt(tp, cfg.Tracing, 0, 0)
-	// Spans still queued if serve returns early (a clean shutdown has
-	// flushed them already, within shutdown_timeout).
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.D())
-		defer cancel()
-		p.traces.shutdown(ctx)
-	}()
 	p.current.Store(gw)
 	p.cfg.Store(cfg)
+	return nil
+}
 
-	var upstream *http.Server
-	if demo {
-		if upstream, err = startDemoUpstream(cfg.Upstream.URL, p.log); err != nil {
-			return err
-		}
-		defer upstream.Close()
-	}
+// flushTraces stops the trace providers, exporting the spans they still
+// hold within timeout.
+func (p *process) flushTraces(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	p.traces.shutdown(ctx)
+}
 
-	pub := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			p.current.Load().ServeHTTP(w, r)
-		}),
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
-		IdleTimeout:       cfg.Server.IdleTimeout.D(),
-		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
-		// No ReadTimeout or WriteTimeout: each is one deadline for a
-		// whole request or response, which would cut long downloads and
-		// could not change on reload. server.read_timeout is applied by
-		// the gateway to the request body, server.write_timeout by
-		// proxy.WrapListener to each write.
-	}
-	admin := &http.Server{
-		Handler:           p.adminHandler(reg),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          pub.ErrorLog,
-	}
-	// HTTPS (SPEC §12): the certificate, read now (or obtained by ACME
-	// in the background), and the HTTP/2 limits.
-	var edge *tlsedge.Edge
-	if cfg.Server.TLS.Enabled() {
-		if edge, err = tlsedge.New(cfg.Server.TLS, tlsedge.Options{Metrics: p.metrics, Logger: p.log}); err != nil {
-			return err
-		}
-		pub.HTTP2 = tlsedge.HTTP2()
-		pub.Protocols = tlsedge.Protocols()
-	}
-	pubLn, err := net.Listen("tcp", cfg.Server.Listen)
-	if err != nil {
-		return fmt.Errorf("server.listen: %w", err)
-	}
-	if edge != nil {
-		// Beneath TLS, write_timeout on every write; above it, for
-		// HTTP/1.1, net/http's own error answers in the standard shape.
-		pubLn = edge.Listener(pubLn, tlsedge.Wrappers{
-			TCP:              func(c net.Conn) net.Conn { return proxy.WrapConn(c, p.current.Load) },
-			HTTP1:            func(c *tls.Conn) net.Conn { return proxy.WrapTLSConn(c, p.current.Load) },
-			HandshakeTimeout: cfg.Server.ReadHeaderTimeout.D(),
-		})
-	} else {
-		pubLn = proxy.WrapListener(pubLn, p.current.Load)
-	}
-	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
-	if err != nil {
-		pubLn.Close()
-		return fmt.Errorf("admin.listen: %w", err)
-	}
-	var redirect *http.Server
-	var redirectLn net.Listener
-	if addr := cfg.Server.RedirectHTTP; addr != "" {
-		if redirectLn, err = net.Listen("tcp", addr); err != nil {
-			pubLn.Close()
-			adminLn.Close()
-			return fmt.Errorf("server.redirect_http: %w", err)
-		}
-		_, httpsPort, _ := net.SplitHostPort(pubLn.Addr().String())
-		redirect = &http.Server{
-			Handler:           edge.RedirectHandler(httpsPort),
-			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
-			IdleTimeout:       cfg.Server.IdleTimeout.D(),
-			MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
-			ErrorLog:          pub.ErrorLog,
-		}
-	}
-	errc := make(chan error, 3)
-	go func() { errc <- pub.Serve(pubLn) }()
-	go func() { errc <- admin.Serve(adminLn) }()
-	if redirect != nil {
-		go func() { errc <- redirect.Serve(redirectLn) }()
-	}
-	p.ready.Store(true)
+// logStarted is the start-up line: what serves where, with which stores.
+func (p *process) logStarted(cfg *config.Config, l *listeners) {
 	p.log.Info("deskgate started",
 		"version", buildVersion(),
-		"listen", pubLn.Addr().String(),
+		"listen", l.pubLn.Addr().String(),
 		"tls", tlsMode(cfg.Server.TLS),
 		"redirect_http", cfg.Server.RedirectHTTP,
-		"admin", adminLn.Addr().String(),
+		"admin", l.adminLn.Addr().String(),
 		"upstream", cfg.Upstream.URL,
 		"routes", len(cfg.Routes),
 		"rate_limit_store", p.limiter.StoreName(),
@@ -293,17 +285,27 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded filestam
 		"redis", redisTopology(cfg.Redis),
 		"key_store", keyStoreName(cfg.Auth),
 		"tracing", tracingTarget(cfg.Tracing))
+}
 
+// watch starts, until ctx ends, the certificate's own reloads and renewals
+// (edge, nil without TLS) and the polling of the config file at path and
+// of the key file the current config names, from the versions loaded and
+// keysLoaded. The channel it returns signals a file change.
+func (p *process) watch(ctx context.Context, path string, loaded, keysLoaded filestamp.Stamp, edge *tlsedge.Edge) <-chan struct{} {
 	changed := make(chan struct{}, 1)
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
 	if edge != nil {
-		go edge.Run(wctx)
+		go edge.Run(ctx)
 	}
 	// The config file, and auth.file as the current config names it.
-	go watchFile(wctx, func() string { return path }, loaded, time.Second, changed)
-	go watchFile(wctx, func() string { return p.cfg.Load().KeyFilePath }, keysLoaded, time.Second, changed)
+	go watchFile(ctx, func() string { return path }, loaded, time.Second, changed)
+	go watchFile(ctx, func() string { return p.cfg.Load().KeyFilePath }, keysLoaded, time.Second, changed)
+	return changed
+}
 
+// runUntilDone serves until ctx ends, reloading the config at path on
+// SIGHUP (with the certificate files of edge) and, with watch_config, when
+// a watched file changed. It returns an error if a listener stops first.
+func (p *process) runUntilDone(ctx context.Context, path string, hup <-chan os.Signal, changed <-chan struct{}, errc <-chan error, edge *tlsedge.Edge) error {
 	for {
 		select {
 		case <-hup:
@@ -311,45 +313,44 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded filestam
 			if edge != nil {
 				edge.Reload() // cert-manager renewals: the files, now
 			}
-			continue
 		case <-changed:
 			if p.cfg.Load().WatchConfig {
 				p.log.Info("config file changed; reloading", "path", path)
 				p.reload(path)
 			}
-			continue
 		case err := <-errc:
 			return fmt.Errorf("listener stopped: %w", err)
 		case <-ctx.Done():
+			return nil
 		}
-		break
 	}
+}
 
-	// Shutdown (SPEC §5): not ready at once, stop accepting, let requests
-	// in flight finish within shutdown_timeout.
+// shutdown stops the gateway for reason (SPEC §5): not ready at once,
+// stop accepting, let requests in flight finish within shutdown_timeout.
+func (p *process) shutdown(reason error, l *listeners) {
 	p.ready.Store(false)
 	final := p.cfg.Load().Server
 	timeout := final.ShutdownTimeout.D()
-	p.log.Info("shutting down", "reason", context.Cause(ctx).Error(), "delay", final.ShutdownDelay.D().String(), "timeout", timeout.String())
+	p.log.Info("shutting down", "reason", reason.Error(), "delay", final.ShutdownDelay.D().String(), "timeout", timeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	// Keep accepting while load balancers notice /readyz failing.
 	time.Sleep(final.ShutdownDelay.D())
-	err = pub.Shutdown(sctx)
+	err := l.pub.Shutdown(sctx)
 	// The spans of the requests just finished, and of any retired
 	// exporter, within what is left of shutdown_timeout.
 	p.traces.shutdown(sctx)
-	_ = admin.Shutdown(sctx)
-	if redirect != nil {
-		_ = redirect.Shutdown(sctx)
+	_ = l.admin.Shutdown(sctx)
+	if l.redirect != nil {
+		_ = l.redirect.Shutdown(sctx)
 	}
 	p.current.Load().Close()
 	if err != nil {
 		p.log.Warn("shutdown timed out; remaining connections closed", "error", err.Error())
-		_ = pub.Close()
+		_ = l.pub.Close()
 	}
 	p.log.Info("stopped")
-	return nil
 }
 
 // newLimiter builds the rate-limit store of cfg: in process, or Redis with

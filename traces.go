@@ -22,7 +22,7 @@ type traces struct {
 	opts tracing.Options
 
 	// cur and curCfg are only used by the goroutine that builds and
-	// swaps gateways (start-up, then serve's loop).
+	// swaps gateways (start-up, then runUntilDone).
 	cur    *tracing.Provider
 	curCfg config.Tracing
 
