@@ -332,12 +332,23 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
+		return err
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// parseDuration parses a duration as the config writes it, in Go's syntax:
+// the one parser of [Duration], [Window] and the checker, whose error is
+// the message a user sees.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. 50ms, 10s, 1m)", s)
+	}
+	return d, nil
 }
 
 // MarshalYAML writes d back as a string.
@@ -352,9 +363,9 @@ type Window struct {
 
 // UnmarshalYAML parses a Go duration string and keeps its text.
 func (w *Window) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. 1s, 10s, 1m)", n.Value)
+		return err
 	}
 	*w = Window{D: v, Text: n.Value}
 	return nil
