@@ -237,10 +237,7 @@ func (p *process) openStores(cfg config.Redis) (closeStores func(), err error) {
 		}
 	}
 	p.keys = auth.NewStoreKeeper(client, cfg.Timeout.D(), p.log)
-	if p.limiter, err = newLimiter(cfg, client, p.metrics, p.log); err != nil {
-		closeClient()
-		return nil, err
-	}
+	p.limiter = newLimiter(cfg, client, p.metrics, p.log)
 	return func() {
 		p.limiter.Close()
 		closeClient()
@@ -357,14 +354,10 @@ func (p *process) shutdown(reason error, l *listeners) {
 // the in-process store as fallback. Redis being down at start-up is not
 // fatal: the limiter checks it (within 2 s) and applies redis.on_failure
 // from the start, with the gauge and the log saying so, until it answers.
-func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) (*ratelimit.Limiter, error) {
-	onFailure, err := ratelimit.ParseOnFailure(cfg.OnFailure)
-	if err != nil {
-		return nil, err
-	}
+func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metrics, log *slog.Logger) *ratelimit.Limiter {
 	o := ratelimit.LimiterOptions{
 		Local:     ratelimit.NewMemory(0),
-		OnFailure: onFailure,
+		OnFailure: onFailureOf(cfg.OnFailure),
 		Timeout:   cfg.Timeout.D(),
 		Metrics:   m,
 		Logger:    log,
@@ -374,7 +367,19 @@ func newLimiter(cfg config.Redis, client redis.UniversalClient, m *metrics.Metri
 	}
 	l := ratelimit.NewLimiter(o)
 	_ = l.Start(context.Background()) // logged by the limiter
-	return l, nil
+	return l
+}
+
+// onFailureOf is the limiter's policy for redis.on_failure, which
+// validation has checked.
+func onFailureOf(f config.OnFailure) ratelimit.OnFailure {
+	switch f {
+	case config.OnFailureAllow:
+		return ratelimit.FailOpen
+	case config.OnFailureDeny:
+		return ratelimit.FailClosed
+	}
+	return ratelimit.FailLocal
 }
 
 // tlsMode names how server.listen is served, for the start-up log.

@@ -143,17 +143,18 @@ const (
 	SecretOnly
 )
 
-// ParsePolicy maps a config value to a Policy.
-func ParsePolicy(s string) (Policy, error) {
-	switch s {
-	case "none":
+// PolicyOf returns the Policy of a route's auth. A value that validation
+// would refuse is an error, never [None].
+func PolicyOf(p config.AuthPolicy) (Policy, error) {
+	switch p {
+	case config.AuthNone:
 		return None, nil
-	case "public":
+	case config.AuthPublic:
 		return PublicOK, nil
-	case "secret":
+	case config.AuthSecret:
 		return SecretOnly, nil
 	}
-	return 0, fmt.Errorf("unknown auth policy %q", s)
+	return 0, fmt.Errorf("unknown auth policy %q", p)
 }
 
 // Identity is who made a request, as far as the gateway knows.
@@ -183,9 +184,9 @@ func New(cfg config.Auth, store KeyStore) (*Authenticator, error) {
 	a := &Authenticator{store: store}
 	for _, e := range cfg.Environments {
 		switch e {
-		case "live":
+		case config.EnvLive:
 			a.envs[Live] = true
-		case "test":
+		case config.EnvTest:
 			a.envs[Test] = true
 		default:
 			return nil, fmt.Errorf("unknown environment %q", e)

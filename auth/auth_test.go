@@ -164,7 +164,7 @@ func TestDisplayPrefix(t *testing.T) {
 }
 
 // newAuth builds an Authenticator for the `none` store and envs.
-func newAuth(t *testing.T, envs ...string) *Authenticator {
+func newAuth(t *testing.T, envs ...config.Env) *Authenticator {
 	t.Helper()
 	a, err := New(config.Auth{Store: "none", Environments: envs}, nil)
 	if err != nil {
@@ -178,13 +178,13 @@ func newAuth(t *testing.T, envs ...string) *Authenticator {
 // presence, then format and environment (401 AUTH_API_KEY_INVALID), then
 // type against the route (403 AUTH_API_KEY_FORBIDDEN).
 func TestAuthenticate(t *testing.T) {
-	live := []string{"live"}
-	test := []string{"test"}
-	both := []string{"live", "test"}
+	live := []config.Env{"live"}
+	test := []config.Env{"test"}
+	both := []config.Env{"live", "test"}
 	malformedPK := "pk_live_" + alnum(10, 0) // right type, bad length
 	tests := []struct {
 		name     string
-		envs     []string
+		envs     []config.Env
 		policy   Policy
 		values   []string
 		wantCode apierror.Code // "" means accepted
@@ -319,14 +319,14 @@ func TestNew(t *testing.T) {
 		store   KeyStore
 		wantErr bool
 	}{
-		{"store none, live", config.Auth{Store: "none", Environments: []string{"live"}}, nil, false},
-		{"store none, live and test", config.Auth{Store: "none", Environments: []string{"live", "test"}}, nil, false},
+		{"store none, live", config.Auth{Store: "none", Environments: []config.Env{"live"}}, nil, false},
+		{"store none, live and test", config.Auth{Store: "none", Environments: []config.Env{"live", "test"}}, nil, false},
 		{"default config", config.Default().Auth, nil, false},
-		{"store none with a key store", config.Auth{Store: "none", Environments: []string{"live"}}, fileStore, true},
-		{"store file", config.Auth{Store: "file", File: "apps.yaml", Environments: []string{"live"}}, fileStore, false},
-		{"store file without its store", config.Auth{Store: "file", File: "apps.yaml", Environments: []string{"live"}}, nil, true},
-		{"store redis without its store", config.Auth{Store: "redis", Environments: []string{"live"}}, nil, true},
-		{"unknown environment", config.Auth{Store: "none", Environments: []string{"live", "prod"}}, nil, true},
+		{"store none with a key store", config.Auth{Store: "none", Environments: []config.Env{"live"}}, fileStore, true},
+		{"store file", config.Auth{Store: "file", File: "apps.yaml", Environments: []config.Env{"live"}}, fileStore, false},
+		{"store file without its store", config.Auth{Store: "file", File: "apps.yaml", Environments: []config.Env{"live"}}, nil, true},
+		{"store redis without its store", config.Auth{Store: "redis", Environments: []config.Env{"live"}}, nil, true},
+		{"unknown environment", config.Auth{Store: "none", Environments: []config.Env{"live", "prod"}}, nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -383,9 +383,9 @@ func TestEnvString(t *testing.T) {
 	}
 }
 
-// TestParsePolicy guards SPEC §3's route policy values `secret`, `public`
+// TestPolicyOf guards SPEC §3's route policy values `secret`, `public`
 // and `none`, spelled exactly.
-func TestParsePolicy(t *testing.T) {
+func TestPolicyOf(t *testing.T) {
 	tests := []struct {
 		in      string
 		want    Policy
@@ -401,12 +401,12 @@ func TestParsePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParsePolicy(tt.in)
+			got, err := PolicyOf(config.AuthPolicy(tt.in))
 			if (err != nil) != tt.wantErr {
-				t.Fatalf("ParsePolicy(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+				t.Fatalf("PolicyOf(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
 			}
 			if !tt.wantErr && got != tt.want {
-				t.Errorf("ParsePolicy(%q) = %v, want %v", tt.in, got, tt.want)
+				t.Errorf("PolicyOf(%q) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
 	}

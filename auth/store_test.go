@@ -48,7 +48,7 @@ func hexOf(key string) string { h := hashOf(key); return hex.EncodeToString(h[:]
 func redisAuthConfig() config.Auth {
 	a := config.Default().Auth
 	a.Store = "redis"
-	a.Environments = []string{"live", "test"}
+	a.Environments = []config.Env{"live", "test"}
 	return a
 }
 

@@ -172,11 +172,11 @@ type Redis struct {
 	Cluster    bool     `yaml:"cluster"`
 	MasterName string   `yaml:"master_name"`
 	// Username, Password and TLS apply to Addrs; a URL carries its own.
-	Username  string   `yaml:"username"`
-	Password  string   `yaml:"password"`
-	TLS       bool     `yaml:"tls"`
-	Timeout   Duration `yaml:"timeout"`
-	OnFailure string   `yaml:"on_failure"`
+	Username  string    `yaml:"username"`
+	Password  string    `yaml:"password"`
+	TLS       bool      `yaml:"tls"`
+	Timeout   Duration  `yaml:"timeout"`
+	OnFailure OnFailure `yaml:"on_failure"`
 }
 
 // Enabled reports whether a Redis store is configured.
@@ -193,9 +193,9 @@ type Auth struct {
 	// used while Redis cannot answer; past it, 503.
 	StaleIfError Duration `yaml:"stale_if_error"`
 	// CacheSize bounds the lookup cache's entries.
-	CacheSize    int      `yaml:"cache_size"`
-	Environments []string `yaml:"environments"`
-	ForwardKey   bool     `yaml:"forward_key"`
+	CacheSize    int   `yaml:"cache_size"`
+	Environments []Env `yaml:"environments"`
+	ForwardKey   bool  `yaml:"forward_key"`
 }
 
 // AuthStoreSettings are the settings of a Redis key store: a reload that
@@ -214,12 +214,12 @@ func (a Auth) StoreSettings() AuthStoreSettings {
 // RateLimit is the global limit (SPEC §4).
 type RateLimit struct {
 	KeyBy     string          `yaml:"key_by"`
-	Algorithm string          `yaml:"algorithm"`
+	Algorithm Algorithm       `yaml:"algorithm"`
 	Tiers     []Tier          `yaml:"tiers"`
 	Plans     map[string]Plan `yaml:"plans"`
 	// Mode is the global bucket's (and its plans'): enforce (default) or
 	// shadow (SPEC §10, README "Operating the limits").
-	Mode string `yaml:"mode"`
+	Mode Mode `yaml:"mode"`
 	// MaxUpstreamRetryAfter caps how long an upstream 429's Retry-After
 	// makes deskgate refuse an identity itself; 0 turns that off.
 	MaxUpstreamRetryAfter Duration `yaml:"max_upstream_retry_after"`
@@ -239,7 +239,7 @@ type Tier struct {
 // Route is one route policy.
 type Route struct {
 	Pattern   string         `yaml:"pattern"`
-	Auth      string         `yaml:"auth"`
+	Auth      AuthPolicy     `yaml:"auth"`
 	RateLimit RouteRateLimit `yaml:"rate_limit"`
 	// Upstream overrides upstream.url when set.
 	Upstream string `yaml:"upstream"`
@@ -263,21 +263,21 @@ type RouteRateLimit struct {
 	// Bucket is the name of a separate budget; "" is the global one.
 	Bucket string `yaml:"bucket"`
 	// Algorithm overrides rate_limit.algorithm for this bucket.
-	Algorithm string `yaml:"algorithm"`
+	Algorithm Algorithm `yaml:"algorithm"`
 	// Tiers overrides rate_limit.tiers for this bucket.
 	Tiers []Tier `yaml:"tiers"`
 	// Mode is this bucket's: enforce (default) or shadow. It is not
 	// inherited from rate_limit.mode.
-	Mode string `yaml:"mode"`
+	Mode Mode `yaml:"mode"`
 }
 
 // routeRateLimitBlock is the mapping form of [RouteRateLimit]; the key
 // checker and the decoder use it.
 type routeRateLimitBlock struct {
-	Bucket    string `yaml:"bucket"`
-	Algorithm string `yaml:"algorithm"`
-	Tiers     []Tier `yaml:"tiers"`
-	Mode      string `yaml:"mode"`
+	Bucket    string    `yaml:"bucket"`
+	Algorithm Algorithm `yaml:"algorithm"`
+	Tiers     []Tier    `yaml:"tiers"`
+	Mode      Mode      `yaml:"mode"`
 }
 
 // UnmarshalYAML accepts a boolean or a block.
@@ -332,12 +332,23 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
+		return err
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// parseDuration parses a duration as the config writes it, in Go's syntax:
+// the one parser of [Duration], [Window] and the checker, whose error is
+// the message a user sees.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. 50ms, 10s, 1m)", s)
+	}
+	return d, nil
 }
 
 // MarshalYAML writes d back as a string.
@@ -352,9 +363,9 @@ type Window struct {
 
 // UnmarshalYAML parses a Go duration string and keeps its text.
 func (w *Window) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. 1s, 10s, 1m)", n.Value)
+		return err
 	}
 	*w = Window{D: v, Text: n.Value}
 	return nil
@@ -398,7 +409,7 @@ func Default() *Config {
 			MaxConnsPerHost:     1024,
 			MaxErrorBodyBytes:   64 << 10,
 		},
-		Redis: Redis{Timeout: Duration(50 * time.Millisecond), OnFailure: "local"},
+		Redis: Redis{Timeout: Duration(50 * time.Millisecond), OnFailure: OnFailureLocal},
 		Auth: Auth{
 			Store:            "none",
 			RedisPrefix:      "deskgate:apikey:",
@@ -406,13 +417,13 @@ func Default() *Config {
 			NegativeCacheTTL: Duration(5 * time.Second),
 			StaleIfError:     Duration(5 * time.Minute),
 			CacheSize:        100_000,
-			Environments:     []string{"live"},
+			Environments:     []Env{EnvLive},
 			ForwardKey:       true,
 		},
 		RateLimit: RateLimit{
 			KeyBy:                 "app",
-			Algorithm:             "sliding_log",
-			Mode:                  "enforce",
+			Algorithm:             SlidingLog,
+			Mode:                  Enforce,
 			MaxUpstreamRetryAfter: Duration(time.Minute),
 			Tiers: []Tier{
 				{Limit: 3, Window: Win(time.Second)},

@@ -76,10 +76,10 @@ func TestParseRepoConfig(t *testing.T) {
 			if got, want := cfg.Admin.Listen, "127.0.0.1:9090"; got != want {
 				t.Errorf("admin.listen = %q, want %q", got, want)
 			}
-			if got, want := cfg.Auth.Environments, []string{"live", "test"}; !slices.Equal(got, want) {
+			if got, want := cfg.Auth.Environments, []Env{"live", "test"}; !slices.Equal(got, want) {
 				t.Errorf("auth.environments = %q, want %q", got, want)
 			}
-			if got, want := cfg.RateLimit.Algorithm, "sliding_log"; got != want {
+			if got, want := cfg.RateLimit.Algorithm, Algorithm("sliding_log"); got != want {
 				t.Errorf("rate_limit.algorithm = %q, want %q", got, want)
 			}
 			wantTiers := []Tier{
@@ -91,8 +91,9 @@ func TestParseRepoConfig(t *testing.T) {
 				t.Errorf("rate_limit.tiers = %+v, want %+v", got, wantTiers)
 			}
 			wantRoutes := []struct {
-				pattern, auth string
-				disabled      bool
+				pattern  string
+				auth     AuthPolicy
+				disabled bool
 			}{
 				{"GET /api/v1/health", "none", true},
 				{"POST /api/v1/tickets", "public", false},
@@ -186,15 +187,15 @@ func TestParseMinimalGivesDefaults(t *testing.T) {
 		{"redis.url", cfg.Redis.URL, ""},
 		{"redis.enabled", cfg.Redis.Enabled(), false},
 		{"redis.timeout", cfg.Redis.Timeout.D(), 50 * time.Millisecond},
-		{"redis.on_failure", cfg.Redis.OnFailure, "local"},
+		{"redis.on_failure", cfg.Redis.OnFailure, OnFailure("local")},
 		{"auth.store", cfg.Auth.Store, "none"},
-		{"auth.environments", cfg.Auth.Environments, []string{"live"}},
+		{"auth.environments", cfg.Auth.Environments, []Env{"live"}},
 		{"auth.forward_key", cfg.Auth.ForwardKey, true},
 		{"auth.redis_prefix", cfg.Auth.RedisPrefix, "deskgate:apikey:"},
 		{"auth.cache_ttl", cfg.Auth.CacheTTL.D(), 30 * time.Second},
 		{"auth.negative_cache_ttl", cfg.Auth.NegativeCacheTTL.D(), 5 * time.Second},
 		{"rate_limit.key_by", cfg.RateLimit.KeyBy, "app"},
-		{"rate_limit.algorithm", cfg.RateLimit.Algorithm, "sliding_log"},
+		{"rate_limit.algorithm", cfg.RateLimit.Algorithm, Algorithm("sliding_log")},
 		{"rate_limit.tiers", cfg.RateLimit.Tiers, []Tier{
 			{Limit: 3, Window: Window{D: time.Second, Text: "1s"}},
 			{Limit: 20, Window: Window{D: 10 * time.Second, Text: "10s"}},
@@ -238,7 +239,7 @@ func TestParseNullKeepsDefault(t *testing.T) {
 		{"tilde string value", minimal + "log:\n  level: ~\n", func(c *Config) any { return c.Log.Level }, "info"},
 		{"null duration", head + "upstream:\n  url: http://127.0.0.1:8081\n  timeout: null\n", func(c *Config) any { return c.Upstream.Timeout.D() }, 30 * time.Second},
 		{"null int", head + "upstream:\n  url: http://127.0.0.1:8081\n  max_idle_conns_per_host:\n", func(c *Config) any { return c.Upstream.MaxIdleConnsPerHost }, 256},
-		{"empty section", minimal + "redis:\n", func(c *Config) any { return c.Redis.OnFailure }, "local"},
+		{"empty section", minimal + "redis:\n", func(c *Config) any { return c.Redis.OnFailure }, OnFailure("local")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -75,8 +74,7 @@ func (c *checker) check(n *yaml.Node, t reflect.Type, path string, at pos) (bad 
 		// The alias goes if its target does not fit here; the target
 		// itself may fit where it is written.
 		return c.check(n.Alias, t, path, at)
-	}
-	if n.Kind == yaml.ScalarNode {
+	case yaml.ScalarNode:
 		if !c.expand(n, path, at) {
 			return true // reported; checking the unexpanded text would mislead
 		}
@@ -91,19 +89,7 @@ func (c *checker) check(n *yaml.Node, t reflect.Type, path string, at pos) (bad 
 	}
 	switch t {
 	case typeOfDuration, typeOfWindow:
-		if n.Kind != yaml.ScalarNode {
-			c.add(at, path, "want a duration such as 10s")
-			return true
-		}
-		d, err := time.ParseDuration(n.Value)
-		if err != nil {
-			c.add(at, path, "invalid duration %q (want e.g. 50ms, 10s, 1m)", n.Value)
-			return true
-		} else if d < 0 {
-			c.add(at, path, "must not be negative")
-			return true
-		}
-		return false
+		return c.duration(n, path, at)
 	case typeOfRouteRateLimit:
 		if n.Kind == yaml.ScalarNode {
 			if n.ShortTag() != "!!bool" {
@@ -116,46 +102,87 @@ func (c *checker) check(n *yaml.Node, t reflect.Type, path string, at pos) (bad 
 	}
 	switch t.Kind() {
 	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			c.add(at, path, "want a mapping of keys, got %s", kindName(n))
-			return true
-		}
-		c.mapping(n, path, func(key string, kat pos) (reflect.Type, bool) {
-			f, ok := fieldByTag(t, key)
-			if !ok {
-				names := tagNames(t)
-				if s := closest(key, names); s != "" {
-					c.add(kat, join(path, key), "unknown key; did you mean %q? (valid keys: %s)", s, strings.Join(names, ", "))
-				} else {
-					c.add(kat, join(path, key), "unknown key (valid keys: %s)", strings.Join(names, ", "))
-				}
-				return nil, false
-			}
-			return f.Type, true
-		})
+		return c.fields(n, t, path, at)
 	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			c.add(at, path, "want a list, got %s", kindName(n))
-			return true
-		}
-		for i, e := range n.Content {
-			p := path + "[" + strconv.Itoa(i) + "]"
-			eat := pos{e.Line, e.Column}
-			c.at[p] = eat
-			if c.check(e, t.Elem(), p, eat) || isNull(e) {
-				// yaml drops a null element, which would shift
-				// the index of every later one away from what
-				// the file and the error paths say: the element
-				// becomes an empty one instead.
-				n.Content[i] = placeholder(t.Elem(), e)
-			}
-		}
+		return c.list(n, t, path, at)
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
 			c.add(at, path, "want a mapping, got %s", kindName(n))
 			return true
 		}
 		c.mapping(n, path, func(string, pos) (reflect.Type, bool) { return t.Elem(), true })
+		return false
+	}
+	return c.scalar(n, t.Kind(), path, at)
+}
+
+// duration checks a [Duration] or [Window]: a Go duration, not negative.
+func (c *checker) duration(n *yaml.Node, path string, at pos) (bad bool) {
+	if n.Kind != yaml.ScalarNode {
+		c.add(at, path, "want a duration such as 10s")
+		return true
+	}
+	d, err := parseDuration(n.Value)
+	switch {
+	case err != nil:
+		c.add(at, path, "%v", err)
+		return true
+	case d < 0:
+		c.add(at, path, "must not be negative")
+		return true
+	}
+	return false
+}
+
+// fields checks a mapping decoded into the struct t: each key must be one
+// of its fields (an unknown one is reported with the valid keys, and the
+// nearest as "did you mean" when it looks like a typo).
+func (c *checker) fields(n *yaml.Node, t reflect.Type, path string, at pos) (bad bool) {
+	if n.Kind != yaml.MappingNode {
+		c.add(at, path, "want a mapping of keys, got %s", kindName(n))
+		return true
+	}
+	c.mapping(n, path, func(key string, kat pos) (reflect.Type, bool) {
+		f, ok := fieldByTag(t, key)
+		if !ok {
+			names := tagNames(t)
+			if s := closest(key, names); s != "" {
+				c.add(kat, join(path, key), "unknown key; did you mean %q? (valid keys: %s)", s, strings.Join(names, ", "))
+			} else {
+				c.add(kat, join(path, key), "unknown key (valid keys: %s)", strings.Join(names, ", "))
+			}
+			return nil, false
+		}
+		return f.Type, true
+	})
+	return false
+}
+
+// list checks a sequence decoded into the slice t, element by element.
+func (c *checker) list(n *yaml.Node, t reflect.Type, path string, at pos) (bad bool) {
+	if n.Kind != yaml.SequenceNode {
+		c.add(at, path, "want a list, got %s", kindName(n))
+		return true
+	}
+	for i, e := range n.Content {
+		p := path + "[" + strconv.Itoa(i) + "]"
+		eat := pos{e.Line, e.Column}
+		c.at[p] = eat
+		if c.check(e, t.Elem(), p, eat) || isNull(e) {
+			// yaml drops a null element, which would shift the
+			// index of every later one away from what the file
+			// and the error paths say: the element becomes an
+			// empty one instead.
+			n.Content[i] = placeholder(t.Elem(), e)
+		}
+	}
+	return false
+}
+
+// scalar checks a value decoded into a boolean, an integer, a number or a
+// string (of kind k).
+func (c *checker) scalar(n *yaml.Node, k reflect.Kind, path string, at pos) (bad bool) {
+	switch k {
 	case reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
 			c.add(at, path, "want true or false, got %s", kindName(n))

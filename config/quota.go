@@ -19,11 +19,11 @@ type Quota struct {
 	// Plans are per-plan limits, by the app's plan.
 	Plans map[string]int64 `yaml:"plans"`
 	// Mode is enforce (default) or shadow (SPEC §10).
-	Mode string `yaml:"mode"`
+	Mode Mode `yaml:"mode"`
 }
 
 // Shadow reports whether q only observes.
-func (q Quota) Shadow() bool { return q.Mode == "shadow" }
+func (q Quota) Shadow() bool { return q.Mode.Shadow() }
 
 // LimitFor returns q's limit for plan.
 func (q Quota) LimitFor(plan string) int64 {
@@ -70,11 +70,7 @@ func (c *Config) validateQuotas(errs *Errors) {
 		if q.Limit <= 0 {
 			errs.add(p+".limit", "must be positive, got %d", q.Limit)
 		}
-		switch q.Mode {
-		case "", "enforce", "shadow":
-		default:
-			errs.add(p+".mode", "must be enforce or shadow, got %q", q.Mode)
-		}
+		checkMode(errs, p+".mode", q.Mode)
 		for _, plan := range sortedKeys(q.Plans) {
 			pp := p + ".plans." + plan
 			if q.Plans[plan] < 0 {

@@ -301,7 +301,7 @@ func (c *Config) validateRedis(errs *Errors) {
 		}
 	}
 	positive(errs, "redis.timeout", r.Timeout.D())
-	if !slices.Contains([]string{"local", "allow", "deny"}, r.OnFailure) {
+	if !r.OnFailure.valid() {
 		errs.add("redis.on_failure", "must be local, allow or deny, got %q", r.OnFailure)
 	}
 	if len(r.Addrs) > 1 && !r.Cluster && r.MasterName == "" {
@@ -346,7 +346,7 @@ func (c *Config) validateAuth(errs *Errors) {
 		errs.add("auth.environments", "must list at least one of live, test")
 	}
 	for i, e := range a.Environments {
-		if e != "live" && e != "test" {
+		if !e.valid() {
 			errs.add(fmt.Sprintf("auth.environments[%d]", i), "must be live or test, got %q", e)
 		}
 	}
@@ -378,17 +378,17 @@ func (c *Config) validateRateLimit(errs *Errors) {
 }
 
 // checkMode validates a bucket's mode (SPEC §10); "" is enforce.
-func checkMode(errs *Errors, path, mode string) {
-	if mode != "" && mode != "enforce" && mode != "shadow" {
+func checkMode(errs *Errors, path string, mode Mode) {
+	if !mode.valid() {
 		errs.add(path, "must be enforce or shadow, got %q", mode)
 	}
 }
 
-func checkAlgorithm(errs *Errors, path, alg string, optional bool) {
+func checkAlgorithm(errs *Errors, path string, alg Algorithm, optional bool) {
 	if optional && alg == "" {
 		return
 	}
-	if alg != "sliding_log" && alg != "gcra" {
+	if !alg.valid() {
 		errs.add(path, "must be sliding_log or gcra, got %q", alg)
 	}
 }
@@ -396,14 +396,14 @@ func checkAlgorithm(errs *Errors, path, alg string, optional bool) {
 // checkTiers validates the tiers of one bucket. Windows are whole seconds
 // (the RateLimit headers count in seconds) and distinct (the header names a
 // tier by its window).
-func checkTiers(errs *Errors, path, alg string, tiers []Tier, required bool) {
+func checkTiers(errs *Errors, path string, alg Algorithm, tiers []Tier, required bool) {
 	if len(tiers) == 0 {
 		if required {
 			errs.add(path+".tiers", "at least one tier is required")
 		}
 		return
 	}
-	if alg == "gcra" && len(tiers) > 1 {
+	if alg == GCRA && len(tiers) > 1 {
 		errs.add(path+".tiers", "algorithm gcra runs each tier as a separate redis_rate limiter and cannot admit a request atomically across %d tiers; use sliding_log or a single tier", len(tiers))
 	}
 	seen := map[time.Duration]int{}
@@ -441,11 +441,10 @@ func (c *Config) validateRoutes(errs *Errors) {
 		} else if err := RegisterPattern(mux, r.Pattern); err != nil {
 			errs.add(p+".pattern", "%v", err)
 		}
-		switch r.Auth {
-		case "secret", "public", "none":
-		case "":
+		switch {
+		case r.Auth == "":
 			errs.add(p+".auth", "required: secret, public or none")
-		default:
+		case !r.Auth.valid():
 			errs.add(p+".auth", "must be secret, public or none, got %q", r.Auth)
 		}
 		if r.Upstream != "" {
@@ -458,7 +457,7 @@ func (c *Config) validateRoutes(errs *Errors) {
 		}
 		if r.CORS != nil && *r.CORS {
 			switch {
-			case r.Auth == "secret":
+			case r.Auth == AuthSecret:
 				errs.add(p+".cors", "CORS never applies to a secret route: a secret key must not be in a browser (use auth: public, or remove cors)")
 			case !c.CORS.Enabled():
 				errs.add(p+".cors", "true needs cors.allowed_origins")
@@ -485,12 +484,9 @@ func (c *Config) validateRoutes(errs *Errors) {
 		}
 		checkAlgorithm(errs, p+".rate_limit.algorithm", rl.Algorithm, true)
 		checkMode(errs, p+".rate_limit.mode", rl.Mode)
-		alg := rl.Algorithm
-		if alg == "" {
-			alg = c.RateLimit.Algorithm
-		}
+		alg := rl.Algorithm.Or(c.RateLimit.Algorithm)
 		checkTiers(errs, p+".rate_limit", alg, rl.Tiers, false)
-		if len(rl.Tiers) == 0 && alg == "gcra" && len(c.RateLimit.Tiers) > 1 {
+		if len(rl.Tiers) == 0 && alg == GCRA && len(c.RateLimit.Tiers) > 1 {
 			errs.add(p+".rate_limit.tiers", "algorithm gcra needs its own single tier here (the global limit has %d)", len(c.RateLimit.Tiers))
 		}
 	}

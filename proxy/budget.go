@@ -12,6 +12,7 @@ import (
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/ratelimit"
 )
 
@@ -174,12 +175,12 @@ func (g *Gateway) Budget(ctx context.Context, values []string) (*BudgetReport, *
 		bb := BucketBudget{
 			Bucket: lp.bucketID,
 			Policy: lp.p.ID,
-			Mode:   "enforce",
+			Mode:   string(config.Enforce),
 			Store:  u.Store,
 			Routes: []string{rt.pattern},
 		}
 		if rt.limit.shadow {
-			bb.Mode = "shadow"
+			bb.Mode = string(config.Shadow)
 		}
 		if wait, ok := g.upstream.get(lp.bucketID, k); ok {
 			bb.UpstreamRetryAfter = retrySeconds(wait)
@@ -241,7 +242,7 @@ func (g *Gateway) budgetQuotas(ctx context.Context, rep *BudgetReport, id auth.I
 			qb := QuotaBudget{
 				Name:           rule.cfg.Name,
 				Match:          rule.cfg.Match,
-				Mode:           "enforce",
+				Mode:           string(config.Enforce),
 				Limit:          rule.cfg.LimitFor(id.Plan),
 				Used:           u.Used,
 				Reserved:       u.Reserved,
@@ -251,7 +252,7 @@ func (g *Gateway) budgetQuotas(ctx context.Context, rep *BudgetReport, id auth.I
 			}
 			qb.Remaining = max(0, qb.Limit-qb.Used-qb.Reserved)
 			if rule.shadow {
-				qb.Mode = "shadow"
+				qb.Mode = string(config.Shadow)
 			}
 			rep.Quotas = append(rep.Quotas, qb)
 		}

@@ -132,7 +132,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 	if err != nil {
 		return err
 	}
-	global.shadow = cfg.RateLimit.Mode == "shadow"
+	global.shadow = cfg.RateLimit.Mode.Shadow()
 	for name, plan := range cfg.RateLimit.Plans {
 		lp, err := newLimitPolicy("plan:"+name, cfg.RateLimit.Algorithm, plan.Tiers)
 		if err != nil {
@@ -150,7 +150,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 	slots := map[string]*hostSlots{}
 	for i, rc := range cfg.Routes {
 		rt := &route{g: g, pattern: rc.Pattern, keyBy: cfg.RateLimit.KeyBy, websocket: rc.WebSocket}
-		if rt.policy, err = auth.ParsePolicy(rc.Auth); err != nil {
+		if rt.policy, err = auth.PolicyOf(rc.Auth); err != nil {
 			return fmt.Errorf("routes[%d].auth: %w", i, err)
 		}
 		rt.keyByIP = rt.policy == auth.None || cfg.RateLimit.KeyBy == "ip"
@@ -162,10 +162,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 		default:
 			b := buckets[rc.RateLimit.Bucket]
 			if b == nil {
-				alg := rc.RateLimit.Algorithm
-				if alg == "" {
-					alg = cfg.RateLimit.Algorithm
-				}
+				alg := rc.RateLimit.Algorithm.Or(cfg.RateLimit.Algorithm)
 				tiers := rc.RateLimit.Tiers
 				if len(tiers) == 0 {
 					tiers = cfg.RateLimit.Tiers
@@ -173,7 +170,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 				if b, err = newBucket("bucket:"+rc.RateLimit.Bucket, alg, tiers); err != nil {
 					return fmt.Errorf("routes[%d].rate_limit: %w", i, err)
 				}
-				b.shadow = rc.RateLimit.Mode == "shadow"
+				b.shadow = rc.RateLimit.Mode.Shadow()
 				buckets[rc.RateLimit.Bucket] = b
 			}
 			rt.limit = b
@@ -220,7 +217,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 	return nil
 }
 
-func newBucket(id, alg string, tiers []config.Tier) (*bucket, error) {
+func newBucket(id string, alg config.Algorithm, tiers []config.Tier) (*bucket, error) {
 	lp, err := newLimitPolicy(id, alg, tiers)
 	if err != nil {
 		return nil, err
@@ -229,18 +226,14 @@ func newBucket(id, alg string, tiers []config.Tier) (*bucket, error) {
 	return &bucket{def: lp}, nil
 }
 
-func newLimitPolicy(id, alg string, tiers []config.Tier) (*limitPolicy, error) {
-	a, err := ratelimit.ParseAlgorithm(alg)
-	if err != nil {
-		return nil, err
-	}
+func newLimitPolicy(id string, alg config.Algorithm, tiers []config.Tier) (*limitPolicy, error) {
 	ts := make([]ratelimit.Tier, len(tiers))
 	items := make([]string, len(tiers))
 	for i, t := range tiers {
 		ts[i] = ratelimit.Tier{Limit: int64(t.Limit), Window: t.Window.D, Name: t.Window.Text}
 		items[i] = strconv.Quote(t.Window.Text) + ";q=" + strconv.Itoa(t.Limit) + ";w=" + strconv.FormatInt(int64(t.Window.D/time.Second), 10)
 	}
-	p, err := ratelimit.NewPolicy(id, a, ts)
+	p, err := ratelimit.NewPolicy(id, algorithmOf(alg), ts)
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +242,15 @@ func newLimitPolicy(id, alg string, tiers []config.Tier) (*limitPolicy, error) {
 		lp.tiers = append(lp.tiers, newHeaderCache(t))
 	}
 	return lp, nil
+}
+
+// algorithmOf is the store's algorithm for a bucket's, which validation
+// has checked.
+func algorithmOf(a config.Algorithm) ratelimit.Algorithm {
+	if a == config.GCRA {
+		return ratelimit.GCRA
+	}
+	return ratelimit.SlidingLog
 }
 
 // newTransport returns a transport sized for a gateway: a deep keep-alive

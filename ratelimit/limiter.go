@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -27,19 +26,6 @@ const (
 	// FailClosed refuses it with 503.
 	FailClosed
 )
-
-// ParseOnFailure maps a config value to an OnFailure.
-func ParseOnFailure(s string) (OnFailure, error) {
-	switch s {
-	case "local", "":
-		return FailLocal, nil
-	case "allow":
-		return FailOpen, nil
-	case "deny":
-		return FailClosed, nil
-	}
-	return 0, fmt.Errorf("unknown on_failure %q", s)
-}
 
 // ErrUnavailable is returned when Redis cannot decide and the policy is
 // [FailClosed].

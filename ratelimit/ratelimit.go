@@ -51,17 +51,6 @@ func (a Algorithm) String() string {
 	return "sliding_log"
 }
 
-// ParseAlgorithm maps a config value to an Algorithm.
-func ParseAlgorithm(s string) (Algorithm, error) {
-	switch s {
-	case "sliding_log", "":
-		return SlidingLog, nil
-	case "gcra":
-		return GCRA, nil
-	}
-	return 0, fmt.Errorf("unknown algorithm %q", s)
-}
-
 // Policy is the tiers of one budget. Its ID names the state: two policies
 // with the same ID share counts, so a reload that keeps a bucket keeps its
 // clients' budgets.
