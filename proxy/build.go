@@ -275,6 +275,7 @@ func (g *Gateway) newReverseProxy(rt *route, target *url.URL, tr http.RoundTripp
 			pr.SetURL(target)
 			restoreOwnHeaders(pr.In.Header, pr.Out.Header)
 			setXForwarded(pr)
+			noDefaultUserAgent(pr.Out.Header)
 		},
 		Transport:      tr,
 		BufferPool:     bufferPool,

@@ -293,3 +293,19 @@ func TestForwardKeyFalseEverywhere(t *testing.T) {
 		t.Errorf("upstream got X-API-Key %q", v)
 	}
 }
+
+// TestUserAgentPassedAsIs: the upstream gets the client's User-Agent, and
+// none when the client sent none, never Go's default in its name.
+func TestUserAgentPassedAsIs(t *testing.T) {
+	h := newHarness(t, harnessOpt{})
+	for _, ua := range []string{"", "supportdesk-client/2.3"} {
+		// An empty value makes the test client send no User-Agent.
+		if r := h.do("GET", "/api/v1/tickets/1", "", "X-API-Key", skLive, "User-Agent", ua); r.StatusCode != 200 {
+			t.Fatalf("status %d", r.StatusCode)
+		}
+		got, ok := h.lastHit().Header["User-Agent"]
+		if ua == "" && ok || ua != "" && (len(got) != 1 || got[0] != ua) {
+			t.Errorf("client's User-Agent %q: the upstream got %q (present %v)", ua, got, ok)
+		}
+	}
+}

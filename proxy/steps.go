@@ -143,6 +143,21 @@ func restoreOwnHeaders(in, out http.Header) {
 	}
 }
 
+// noUserAgent is the User-Agent of an outbound request whose client sent
+// none; shared, never modified (ReverseProxy and the transports only read
+// it).
+var noUserAgent = []string{""}
+
+// noDefaultUserAgent gives an outbound request without a User-Agent an
+// empty one, which the transports do not send. ReverseProxy does the same
+// after Rewrite, so that Go's default User-Agent does not go upstream in
+// the client's name, but with Header.Set: a new slice per request.
+func noDefaultUserAgent(out http.Header) {
+	if _, ok := out["User-Agent"]; !ok {
+		out["User-Agent"] = noUserAgent
+	}
+}
+
 // isWebSocket reports whether an Upgrade header asks for websocket and
 // nothing else.
 func isWebSocket(v []string) bool {
