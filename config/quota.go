@@ -214,6 +214,28 @@ func PatternsMayOverlap(a, b string) bool {
 	return strings.HasPrefix(la, lb) || strings.HasPrefix(lb, la)
 }
 
+// PatternCovers reports whether every request that matches inner also
+// matches outer. True is certain; false may be wrong (the request is then
+// matched against outer itself). It knows the cases a quota's pattern
+// usually has with its route's: the same method (or none, or GET for a
+// HEAD route), the same host (or none), and the same path or a path
+// ending in "/" with no wildcard of which inner's literal part is an
+// extension.
+func PatternCovers(outer, inner string) bool {
+	mo, ho, po := SplitPattern(outer)
+	mi, hi, pi := SplitPattern(inner)
+	if mo != "" && mo != mi && !(mo == "GET" && mi == "HEAD") {
+		return false
+	}
+	if ho != "" && ho != hi {
+		return false
+	}
+	if po == pi {
+		return true
+	}
+	return strings.HasSuffix(po, "/") && !strings.Contains(po, "{") && strings.HasPrefix(literalPrefix(pi), po)
+}
+
 // literalPrefix is the part of a pattern's path before its first
 // wildcard: every path it matches starts with it.
 func literalPrefix(path string) string {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,6 +123,48 @@ func TestPatternsMayOverlap(t *testing.T) {
 	} {
 		if got := PatternsMayOverlap(tc.a, tc.b); got != tc.want {
 			t.Errorf("PatternsMayOverlap(%q, %q) = %v", tc.a, tc.b, got)
+		}
+	}
+}
+
+// TestPatternCovers: true only where every request of inner matches
+// outer, checked against ServeMux itself on sample requests.
+func TestPatternCovers(t *testing.T) {
+	cases := []struct {
+		outer, inner string
+		want         bool
+	}{
+		{"/api/v1/", "/api/v1/", true},
+		{"POST /api/v1/tickets", "POST /api/v1/tickets", true},
+		{"/api/v1/", "POST /api/v1/tickets", true},
+		{"/api/", "GET /api/v1/{id}", true},
+		{"GET /api/", "HEAD /api/v1/x", true},
+		{"api.example/api/", "api.example/api/v1/", true},
+		{"/api/v1/tickets/{id}", "/api/v1/tickets/{id}", true},
+		{"POST /api/v1/", "/api/v1/tickets", false},    // a GET of the route is not counted
+		{"HEAD /api/", "GET /api/x", false},            // GET is not HEAD
+		{"/api/v1/", "/api/v1", false},                 // /api/v1 itself is not under /api/v1/
+		{"/api/{v}/", "/api/v1/tickets", false},        // wildcards: matched per request
+		{"api.example/api/", "/api/v1/", false},        // another host's requests
+		{"/api/v1/tickets", "/api/v1/tickets/", false}, // an exact path does not cover a subtree
+		{"/api/v1/x", "/api/v1/{id}", false},
+	}
+	for _, c := range cases {
+		if got := PatternCovers(c.outer, c.inner); got != c.want {
+			t.Errorf("PatternCovers(%q, %q) = %v, want %v", c.outer, c.inner, got, c.want)
+		}
+		if !c.want {
+			continue
+		}
+		// Every sample request of inner matches outer in a ServeMux.
+		outer := http.NewServeMux()
+		if err := RegisterPattern(outer, c.outer); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range ProbeRequests(c.inner) {
+			if _, p := outer.Handler(r); p == "" {
+				t.Errorf("%s %s%s matches %q but not %q", r.Method, r.Host, r.URL.Path, c.inner, c.outer)
+			}
 		}
 	}
 }

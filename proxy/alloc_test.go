@@ -123,6 +123,37 @@ routes: [{pattern: "/api/v1/", auth: public}]
 	}
 }
 
+// TestAllocsQuotaRoute: a monthly quota counting every request of a route
+// (in-process store) costs at most three allocations more than the same
+// chain without it: its plan and its two RateLimit header values (issue
+// 15; it was 14 more).
+func TestAllocsQuotaRoute(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	const base = `
+upstream: {url: "${UPSTREAM}"}
+auth: {store: file, file: keys.yaml}
+rate_limit: {key_by: app}
+routes: [{pattern: "/api/v1/", auth: secret}]
+`
+	measure := func(h *harness) float64 {
+		return servedAllocs(t, h.gateway, keyedRequests(), func() { h.clock.Advance(2 * time.Minute) })
+	}
+	without := measure(allocHarnessYAML(t, base))
+	h := allocHarnessYAML(t, base+"quotas: [{name: calls, match: \"/api/v1/\", limit: 1000000}]\n")
+	w := httptest.NewRecorder()
+	h.gateway.ServeHTTP(w, keyedRequests()[0])
+	if got := w.Header().Get("RateLimit"); !strings.Contains(got, `"calls";r=`) {
+		t.Fatalf("RateLimit %q: the quota is not counted", got)
+	}
+	with := measure(h)
+	t.Logf("without a quota: %v allocs/request; with one: %v", without, with)
+	if with > without+3 {
+		t.Fatalf("a quota costs %v allocations per request, want at most 3", with-without)
+	}
+}
+
 var discardLogger = slog.New(slog.DiscardHandler)
 
 // allocHarness is the chain as bench/run runs it, in process: a file key

@@ -230,7 +230,8 @@ func (g *Gateway) budgetQuotas(ctx context.Context, rep *BudgetReport, id auth.I
 		if rt.keyByIP {
 			continue // counted per client address, not this key's
 		}
-		for _, rule := range rt.quotas {
+		for _, rq := range rt.quotas {
+			rule := rq.rule
 			if seen[rule] {
 				continue
 			}

@@ -39,7 +39,7 @@ type route struct {
 	slots   *hostSlots
 	timeout time.Duration
 	// quotas are those whose pattern may match the route's requests.
-	quotas []*quotaRule
+	quotas []routeQuota
 	// upHost and upPort name the upstream on its span (SPEC §11).
 	upHost string
 	upPort int

@@ -51,6 +51,14 @@ func (qr *quotaRule) matches(r *http.Request) bool {
 	return h == http.Handler(qr)
 }
 
+// routeQuota is a quota that may count a route's requests; always: it
+// counts all of them (its pattern covers the route's), so that they need
+// not be matched against it.
+type routeQuota struct {
+	rule   *quotaRule
+	always bool
+}
+
 // quotaHold is a slot a request holds until it is settled.
 type quotaHold struct {
 	rule *quotaRule
@@ -82,7 +90,7 @@ func (g *Gateway) buildQuotas(cfg *config.Config, o Options) error {
 	for _, rt := range g.routes {
 		for _, qr := range rules {
 			if config.PatternsMayOverlap(rt.pattern, qr.cfg.Match) {
-				rt.quotas = append(rt.quotas, qr)
+				rt.quotas = append(rt.quotas, routeQuota{rule: qr, always: config.PatternCovers(qr.cfg.Match, rt.pattern)})
 				if qr.shadow {
 					rt.metrics.ShadowSeries(string(apierror.PlanLimitReached))
 				}
@@ -99,22 +107,30 @@ type quotaAllower interface {
 }
 
 // quotaPlan is the quotas that count one request, found once: what to
-// reserve, and the rule of each.
+// reserve, and the rule of each. It is made (one allocation) only for a
+// request that a quota may count, with room for two quotas.
 type quotaPlan struct {
-	found bool
-	asks  []ratelimit.QuotaAsk
-	rules []*quotaRule
+	asks    []ratelimit.QuotaAsk
+	rules   []*quotaRule
+	askBuf  [2]ratelimit.QuotaAsk
+	ruleBuf [2]*quotaRule
+	holdBuf [2]quotaHold // the request's holds (state.holds)
+	// hdr are the quota's RateLimit-Policy and RateLimit values (see
+	// addQuotaHeaders).
+	hdr [2]string
 }
 
 // planQuotas returns the quotas that count r, in the route's order.
 func (rt *route) planQuotas(st *state, r *http.Request, id auth.Identity) *quotaPlan {
-	qp := &st.quotas
-	if qp.found {
-		return qp
+	if st.quotas != nil {
+		return st.quotas
 	}
-	qp.found = true
-	for _, qr := range rt.quotas {
-		if !qr.matches(r) {
+	qp := &quotaPlan{}
+	st.quotas = qp
+	qp.asks, qp.rules = qp.askBuf[:0], qp.ruleBuf[:0]
+	for _, rq := range rt.quotas {
+		qr := rq.rule
+		if !rq.always && !qr.matches(r) {
 			continue
 		}
 		qp.asks = append(qp.asks, ratelimit.QuotaAsk{
@@ -176,8 +192,11 @@ func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *ap
 				return apierror.New(apierror.ServiceUnavailable, fmt.Errorf("quota %s: %w", qr.cfg.Name, err))
 			}
 		}
-		addQuotaHeaders(st.w.Header(), qr.cfg.Name, d)
+		addQuotaHeaders(st.w.Header(), &qp.hdr, qr.cfg.Name, d)
 		if d.Held() {
+			if st.holds == nil {
+				st.holds = qp.holdBuf[:0]
+			}
 			st.holds = append(st.holds, quotaHold{rule: qr, k: k, res: d.Reservation})
 		}
 		if d.Allowed {
@@ -205,34 +224,40 @@ func (rt *route) reserveQuotas(st *state, r *http.Request, id auth.Identity) *ap
 
 // addQuotaHeaders adds the quota as one more item of RateLimit-Policy and
 // RateLimit (SPEC §9): `"tickets";q=100;w=<seconds of the month>` and
-// `"tickets";r=<remaining>;t=<seconds to the reset>`.
-func addQuotaHeaders(h http.Header, name string, d ratelimit.QuotaDecision) {
-	b := make([]byte, 0, 64)
+// `"tickets";r=<remaining>;t=<seconds to the reset>`. Each header is then
+// one string made here, held by slot (the request's: the values already
+// there may be shared, and are never written in place).
+func addQuotaHeaders(h http.Header, slot *[2]string, name string, d ratelimit.QuotaDecision) {
+	var buf [256]byte
+	b := appendItemTo(buf[:0], h, "Ratelimit-Policy")
 	b = strconv.AppendQuote(b, name)
 	b = append(b, ";q="...)
 	b = strconv.AppendInt(b, d.Limit, 10)
 	b = append(b, ";w="...)
 	b = strconv.AppendInt(b, int64(d.Period/time.Second), 10)
-	appendItem(h, "Ratelimit-Policy", string(b))
+	slot[0] = string(b)
+	h["Ratelimit-Policy"] = slot[0:1:1]
 	if d.Remaining < 0 {
 		return // not counted (on_failure: allow)
 	}
-	b = strconv.AppendQuote(b[:0], name)
+	b = appendItemTo(buf[:0], h, "Ratelimit")
+	b = strconv.AppendQuote(b, name)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, d.Remaining, 10)
 	b = append(b, ";t="...)
 	b = strconv.AppendInt(b, ceilSeconds(d.ResetIn), 10)
-	appendItem(h, "Ratelimit", string(b))
+	slot[1] = string(b)
+	h["Ratelimit"] = slot[1:2:2]
 }
 
-// appendItem adds item to the structured-field list of header key. The
-// values already there may be shared: never written in place.
-func appendItem(h http.Header, key, item string) {
+// appendItemTo starts one more item of the structured-field list of
+// header key in b: what the header holds, and ", " when it holds any.
+func appendItemTo(b []byte, h http.Header, key string) []byte {
 	if v := h[key]; len(v) > 0 && v[0] != "" {
-		h[key] = []string{v[0] + ", " + item}
-		return
+		b = append(b, v[0]...)
+		b = append(b, ", "...)
 	}
-	h[key] = []string{item}
+	return b
 }
 
 // settleQuotas commits the request's slots when the upstream answered 2xx
@@ -244,7 +269,11 @@ func (g *Gateway) settleQuotas(st *state, r *http.Request, aborted bool) {
 	if st.w.status != 0 && !aborted && !st.canceled {
 		_ = http.NewResponseController(&st.w).Flush()
 	}
-	ctx := context.WithoutCancel(r.Context())
+	// A release is written even when the client has gone.
+	ctx := r.Context()
+	if ctx.Err() != nil {
+		ctx = context.WithoutCancel(ctx)
+	}
 	for _, h := range st.holds {
 		if err := g.quotaStore.Settle(ctx, h.rule.q, h.k, h.res, commit); err != nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "quota settle failed",

@@ -54,7 +54,7 @@ type state struct {
 	shadow apierror.Code
 	quota  string
 	holds  []quotaHold
-	quotas quotaPlan // the quotas that count the request (quota.go)
+	quotas *quotaPlan // the quotas that count the request (quota.go)
 	// key is the request's rate-limit identity once keyed (identityKey).
 	key   ratelimit.Key
 	keyed bool
