@@ -142,7 +142,9 @@ func (n *normalizer) replace(res *http.Response, raw []byte) {
 		res.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	n.rt.metrics.Normalized(res.StatusCode)
-	h[codeHeader] = []string{string(e.Code)}
+	if st := stateFrom(res.Request); st != nil {
+		st.code = e.Code
+	}
 	if res.StatusCode >= 500 && len(raw) > 0 && n.g.log.Enabled(context.Background(), slog.LevelDebug) {
 		excerpt := raw[:min(len(raw), 256)]
 		n.g.log.LogAttrs(context.Background(), slog.LevelDebug, "upstream error body replaced",

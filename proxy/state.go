@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -55,6 +56,8 @@ type state struct {
 	quota  string
 	holds  []quotaHold
 	quotas *quotaPlan // the quotas that count the request (quota.go)
+	// fwd is the context of the request as forwarded ([stateContext]).
+	fwd stateContext
 	// key is the request's rate-limit identity once keyed (identityKey).
 	key   ratelimit.Key
 	keyed bool
@@ -208,10 +211,33 @@ func stateOf(w http.ResponseWriter) *state {
 	return nil
 }
 
-// codeHeader carries the business code of a normalised upstream error
-// from ModifyResponse (which sees only the response) to the writer, which
-// removes it before the headers leave.
-const codeHeader = "X-Deskgate-Internal-Code"
+// stateKey finds a request's state in the context of its outbound
+// request ([stateFrom]).
+type stateKey struct{}
+
+// stateContext is the context of a forwarded request: the request's own,
+// with its state under stateKey, so that ModifyResponse, which sees only
+// the response and the outbound request, records what it did in the
+// state. It lives in the state: forwarding costs the request copy of
+// Request.WithContext and nothing more.
+type stateContext struct {
+	context.Context
+	st *state
+}
+
+func (c *stateContext) Value(k any) any {
+	if k == (stateKey{}) {
+		return c.st
+	}
+	return c.Context.Value(k)
+}
+
+// stateFrom returns the state of a forwarded request, from its outbound
+// request; nil for a request that did not come through the chain.
+func stateFrom(out *http.Request) *state {
+	st, _ := out.Context().Value(stateKey{}).(*state)
+	return st
+}
 
 // responseWriter records the status and size of the answer. It unwraps
 // (Unwrap) so that http.ResponseController reaches Flush and Hijack of the
@@ -224,12 +250,6 @@ type responseWriter struct {
 }
 
 func (w *responseWriter) WriteHeader(code int) {
-	if v, ok := w.ResponseWriter.Header()[codeHeader]; ok {
-		if len(v) > 0 {
-			w.st.code = apierror.Code(v[0])
-		}
-		delete(w.ResponseWriter.Header(), codeHeader)
-	}
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
 		if !w.st.proxyStart.IsZero() && w.st.upstream == 0 {

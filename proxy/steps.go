@@ -52,7 +52,8 @@ func (rt *route) serve(st *state, r *http.Request) *apierror.Error {
 	}
 	st.proxyStart = time.Now()
 	g.tracer.Upstream(&st.trace, r.Header, r.Method, rt.upHost, rt.upPort, st.proxyStart)
-	rt.proxy.ServeHTTP(&st.w, r)
+	st.fwd = stateContext{Context: r.Context(), st: st}
+	rt.proxy.ServeHTTP(&st.w, r.WithContext(&st.fwd))
 	if st.w.status == http.StatusTooManyRequests && rt.limit != nil && !st.ownReply {
 		rt.noteUpstream429(st, id)
 	}

@@ -471,8 +471,10 @@ func newTraceAllocs(t *testing.T, h *harness, reqs []*http.Request) float64 {
 // its key (as wrk does in bench/trace) allocates with export on and its
 // trace not sampled, deskgate's own traceparent going upstream, on a route
 // without rate limit (whose store allocates a fraction per request): no
-// more than with export off. 22 before the shared empty User-Agent.
-const maxNewTraceAllocs = 21
+// more than with export off. 22 before the shared empty User-Agent, 21
+// after it, 22 since the forwarded request carries its state in its
+// context (stateContext, issue 18).
+const maxNewTraceAllocs = 22
 
 // TestAllocsTracingNewTrace: a request without a traceparent, export on,
 // not sampled (ratio 0), gets a new trace and its traceparent upstream at
