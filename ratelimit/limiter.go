@@ -276,20 +276,14 @@ func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []Quot
 // miss the deny cache together ask Redis one at a time.
 const queueBelow = 8
 
-// decide asks Redis, with asks' reservations for a sliding log. now is
+// decide asks Redis, with asks' reservations when p's algorithm makes
+// them in the same call. now is
 // read before the call; f, when not nil, is the flight this call leads,
 // released when the answer is known.
 func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight, asks []QuotaAsk) (Decision, error) {
-	var d Decision
-	var err error
-	if p.Algorithm == SlidingLog {
-		// Bounded by its deadline without a timer of its own: see allow.
-		d, err = l.redis.allowQuotas(ctx, time.Now().Add(l.timeout), p, k, asks)
-	} else {
-		cctx, cancel := context.WithTimeout(ctx, l.timeout)
-		d, err = l.redis.Allow(cctx, p, k)
-		cancel()
-	}
+	// Bounded by a deadline, without a timer of its own where the
+	// algorithm can do without one (the sliding log: see allow).
+	d, err := p.Algorithm.allowRedis(ctx, l.redis, time.Now().Add(l.timeout), p, k, asks)
 	if f != nil {
 		// Waiters read the cache (filled below) after done closes.
 		f.remaining = d.Remaining
@@ -313,7 +307,7 @@ func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duratio
 		// Redis' own "admitted again" time: the cache can only deny what
 		// Redis would deny.
 		l.deny.put(p, k, now+d.Reset, d)
-	case d.Remaining == 0 && p.Algorithm == SlidingLog:
+	case d.Remaining == 0 && p.Algorithm.lastSlotDenies():
 		// This request took the last slot of the reported tier, which
 		// frees its next one after Reset: until then Redis would deny.
 		l.deny.put(p, k, now+d.Reset, Decision{Tier: d.Tier, Reset: d.Reset})
