@@ -127,6 +127,12 @@ func (m *Memory) Allow(_ context.Context, p *Policy, k Key) (Decision, error) {
 	return d, nil
 }
 
+// decide is Allow, for the limiter's store interface: the in-process
+// store needs no deadline and makes no reservation with a decision.
+func (m *Memory) decide(ctx context.Context, _ time.Time, p *Policy, k Key, _ []QuotaAsk) (Decision, error) {
+	return m.Allow(ctx, p, k)
+}
+
 // at returns the i-th oldest recorded time.
 func (e *memEntry) at(i int) int64 { return e.ring[(e.head+i)%len(e.ring)] }
 

@@ -56,6 +56,9 @@ func (m *Memory) Peek(p *Policy, k Key) Usage {
 	return p.Algorithm.usageMemory(e, p, now)
 }
 
+// peek is Peek, for the limiter's store interface.
+func (m *Memory) peek(_ context.Context, p *Policy, k Key) (Usage, error) { return m.Peek(p, k), nil }
+
 // newUsage returns a usage of p with its tiers to fill.
 func newUsage(p *Policy) Usage {
 	return Usage{Tiers: make([]TierUsage, len(p.Tiers)), Store: "memory"}
@@ -158,18 +161,21 @@ func (r *Redis) Peek(ctx context.Context, p *Policy, k Key) (Usage, error) {
 	return u, nil
 }
 
+// peek is Peek, for the limiter's store interface.
+func (r *Redis) peek(ctx context.Context, p *Policy, k Key) (Usage, error) { return r.Peek(ctx, p, k) }
+
 // Peek returns k's usage of p where the limiter decides now: the
 // in-process store, Redis, or — while Redis is down with
 // redis.on_failure: local — the fallback store. It never consumes. With
 // Redis down and another failure policy, it returns [ErrUnavailable].
 func (l *Limiter) Peek(ctx context.Context, p *Policy, k Key) (Usage, error) {
-	if l.redis == nil {
+	if l.shared == nil {
 		return l.local.Peek(p, k), nil
 	}
 	if l.healthy.Load() {
 		cctx, cancel := context.WithTimeout(ctx, max(l.timeout, time.Second))
 		defer cancel()
-		return l.redis.Peek(cctx, p, k)
+		return l.shared.peek(cctx, p, k)
 	}
 	if l.onFailure == FailLocal {
 		u := l.local.Peek(p, k)

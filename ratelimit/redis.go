@@ -250,5 +250,12 @@ func appendRedisKey(b []byte, prefix string, id string, k Key) []byte {
 // decided at the same time. The caller bounds it with ctx.
 func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
 	deadline, _ := ctx.Deadline()
-	return p.Algorithm.allowRedis(ctx, r, deadline, p, k, nil)
+	return r.decide(ctx, deadline, p, k, nil)
+}
+
+// decide is Allow bounded by deadline (when not zero) rather than by ctx
+// alone, making asks' reservations in the same call when p's algorithm
+// can (the sliding log).
+func (r *Redis) decide(ctx context.Context, deadline time.Time, p *Policy, k Key, asks []QuotaAsk) (Decision, error) {
+	return p.Algorithm.allowRedis(ctx, r, deadline, p, k, asks)
 }
