@@ -27,7 +27,7 @@ const (
 //
 // The methods branch rather than dispatch through an interface or a table
 // of functions: allowMemory is on the hot path (every request without
-// Redis), where a compare and a direct call is what it always was, and an
+// Redis), where a compare and direct calls are what it always had, and an
 // indirect call would not be. Anything that is not GCRA counts as the
 // sliding log, as it always has.
 

@@ -313,9 +313,8 @@ func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []Quot
 const queueBelow = 8
 
 // decide asks the shared store, with asks' reservations when it makes
-// them in the same call. now is
-// read before the call; f, when not nil, is the flight this call leads,
-// released when the answer is known.
+// them in the same call. now is read before the call; f, when not nil, is
+// the flight this call leads, released when the answer is known.
 func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight, asks []QuotaAsk) (Decision, error) {
 	// Bounded by a deadline, without a timer of its own where the
 	// algorithm can do without one (the sliding log: see allow).
