@@ -35,7 +35,19 @@ var ErrUnavailable = errors.New("rate-limit store unavailable")
 // with the local deny cache in front and a failure policy behind. It
 // counts every decision in deskgate_ratelimit_decisions_total.
 type Limiter struct {
-	redis     *Redis
+	// shared is the store the replicas share (Redis), asked through the
+	// operations every store has; nil: the in-process store decides
+	// alone.
+	shared limitStore
+	// redis is the same store for what only Redis does: the health
+	// checks (health.go), the quota settlements' queue (settle.go), the
+	// eviction policy. Nil without Redis.
+	redis *Redis
+	// local is the in-process store: the store itself without a shared
+	// one, the fallback (redis.on_failure: local) with one. It is held as
+	// itself, not as a limitStore: it never fails, so its errors are not
+	// looked at, and without Redis it decides every request, by a direct
+	// call.
 	local     *Memory
 	deny      *denyCache
 	inflight  *flights
@@ -73,6 +85,28 @@ const (
 
 var storeNames = [...]string{"redis", "memory", "local_fallback", "local_deny_cache"}
 
+// limitStore is what the limiter asks of a store, whichever it is:
+// *Memory and *Redis implement it, so that another shared store, or a
+// shadow in front of one, plugs in as shared without a new branch in the
+// limiter. What only Redis does (health, settlement queue, eviction
+// policy, batching) is not in it.
+type limitStore interface {
+	// decide decides one request of k against p, by deadline when it is
+	// not zero; it makes asks' reservations in the same call when the
+	// store and p's algorithm can, marking them Done, and leaves the
+	// others to Reserve.
+	decide(ctx context.Context, deadline time.Time, p *Policy, k Key, asks []QuotaAsk) (Decision, error)
+	// peek reads k's usage of p without consuming (SPEC §10).
+	peek(ctx context.Context, p *Policy, k Key) (Usage, error)
+	QuotaStore
+	QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error)
+}
+
+var (
+	_ limitStore = (*Memory)(nil)
+	_ limitStore = (*Redis)(nil)
+)
+
 // LimiterOptions configure [NewLimiter].
 type LimiterOptions struct {
 	// Redis is the shared store; nil means in process only.
@@ -100,7 +134,6 @@ type LimiterOptions struct {
 // NewLimiter returns a limiter. Close stops its health checks.
 func NewLimiter(o LimiterOptions) *Limiter {
 	l := &Limiter{
-		redis:     o.Redis,
 		local:     o.Local,
 		onFailure: o.OnFailure,
 		timeout:   o.Timeout,
@@ -108,6 +141,9 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		clock:     o.Clock,
 		every:     o.HealthEvery,
 		maxWait:   o.HealthMax,
+	}
+	if o.Redis != nil {
+		l.shared, l.redis = o.Redis, o.Redis
 	}
 	l.bg, l.cancel = context.WithCancel(context.Background())
 	l.health.remindEvery = remindEvery
@@ -190,7 +226,7 @@ func (l *Limiter) Close() {
 // "none (fail closed)").
 func (l *Limiter) StoreName() string {
 	switch {
-	case l.redis == nil:
+	case l.shared == nil:
 		return "memory"
 	case l.healthy.Load():
 		return "redis"
@@ -204,7 +240,7 @@ func (l *Limiter) StoreName() string {
 
 // FallbackActive reports whether redis.on_failure applies now, as
 // deskgate_ratelimit_fallback_active does.
-func (l *Limiter) FallbackActive() bool { return l.redis != nil && !l.healthy.Load() }
+func (l *Limiter) FallbackActive() bool { return l.shared != nil && !l.healthy.Load() }
 
 func (l *Limiter) count(store int, d Decision) Decision {
 	if d.Allowed {
@@ -231,7 +267,7 @@ func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []Quot
 	for i := range asks {
 		asks[i].Done, asks[i].Decision = false, QuotaDecision{}
 	}
-	if l.redis == nil {
+	if l.shared == nil {
 		d, _ := l.local.Allow(ctx, p, k)
 		return l.count(storeMemory, d), nil
 	}
@@ -276,20 +312,13 @@ func (l *Limiter) AllowQuotas(ctx context.Context, p *Policy, k Key, asks []Quot
 // miss the deny cache together ask Redis one at a time.
 const queueBelow = 8
 
-// decide asks Redis, with asks' reservations for a sliding log. now is
-// read before the call; f, when not nil, is the flight this call leads,
-// released when the answer is known.
+// decide asks the shared store, with asks' reservations when it makes
+// them in the same call. now is read before the call; f, when not nil, is
+// the flight this call leads, released when the answer is known.
 func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duration, f *flight, asks []QuotaAsk) (Decision, error) {
-	var d Decision
-	var err error
-	if p.Algorithm == SlidingLog {
-		// Bounded by its deadline without a timer of its own: see allow.
-		d, err = l.redis.allowQuotas(ctx, time.Now().Add(l.timeout), p, k, asks)
-	} else {
-		cctx, cancel := context.WithTimeout(ctx, l.timeout)
-		d, err = l.redis.Allow(cctx, p, k)
-		cancel()
-	}
+	// Bounded by a deadline, without a timer of its own where the
+	// algorithm can do without one (the sliding log: see allow).
+	d, err := l.shared.decide(ctx, time.Now().Add(l.timeout), p, k, asks)
 	if f != nil {
 		// Waiters read the cache (filled below) after done closes.
 		f.remaining = d.Remaining
@@ -313,7 +342,7 @@ func (l *Limiter) decide(ctx context.Context, p *Policy, k Key, now time.Duratio
 		// Redis' own "admitted again" time: the cache can only deny what
 		// Redis would deny.
 		l.deny.put(p, k, now+d.Reset, d)
-	case d.Remaining == 0 && p.Algorithm == SlidingLog:
+	case d.Remaining == 0 && p.Algorithm.lastSlotDenies():
 		// This request took the last slot of the reported tier, which
 		// frees its next one after Reset: until then Redis would deny.
 		l.deny.put(p, k, now+d.Reset, Decision{Tier: d.Tier, Reset: d.Reset})

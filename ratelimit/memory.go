@@ -122,18 +122,28 @@ func (m *Memory) Allow(_ context.Context, p *Policy, k Key) (Decision, error) {
 		s.m[k] = e
 		s.peak = max(s.peak, len(s.m))
 	}
-	var d Decision
-	if p.Algorithm == GCRA {
-		d = e.gcra(p.Tiers[0], now)
-	} else {
-		d = e.slidingLog(p, now)
-	}
+	d := p.Algorithm.allowMemory(e, p, now)
 	s.mu.Unlock()
 	return d, nil
 }
 
+// decide is Allow, for the limiter's store interface: the in-process
+// store needs no deadline and makes no reservation with a decision.
+func (m *Memory) decide(ctx context.Context, _ time.Time, p *Policy, k Key, _ []QuotaAsk) (Decision, error) {
+	return m.Allow(ctx, p, k)
+}
+
 // at returns the i-th oldest recorded time.
 func (e *memEntry) at(i int) int64 { return e.ring[(e.head+i)%len(e.ring)] }
+
+// stamps returns the recorded times, oldest first, in a new slice.
+func (e *memEntry) stamps() []int64 {
+	s := make([]int64, e.n)
+	for i := range s {
+		s[i] = e.at(i)
+	}
+	return s
+}
 
 // firstAfter returns the index of the first recorded time after cutoff.
 func (e *memEntry) firstAfter(cutoff int64) int {
@@ -209,22 +219,6 @@ func (e *memEntry) slidingLog(p *Policy, now int64) Decision {
 	}
 	e.push(now, p.capacity)
 	return report
-}
-
-// gcra spaces requests by window/limit with a burst of limit, as
-// redis_rate does.
-func (e *memEntry) gcra(t Tier, now int64) Decision {
-	interval := int64(t.Window) / t.Limit
-	tat := max(e.tat, now)
-	newTat := tat + interval
-	allowAt := newTat - int64(t.Window)
-	if now < allowAt {
-		return Decision{Reset: time.Duration(allowAt - now)}
-	}
-	e.tat = newTat
-	e.last = now
-	remaining := (now - allowAt) / interval
-	return Decision{Allowed: true, Remaining: remaining, Reset: time.Duration(newTat - now)}
 }
 
 func (m *Memory) sweepLoop(every time.Duration) {

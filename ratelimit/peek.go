@@ -9,7 +9,6 @@ import (
 
 	"context"
 	"fmt"
-	"math"
 	"strconv"
 	"time"
 
@@ -44,7 +43,7 @@ func (m *Memory) Peek(p *Policy, k Key) Usage {
 	b := m.buckets[p.ID]
 	m.mu.RUnlock()
 	if b == nil {
-		return usageOf(p, nil, 0, 0, 1)
+		return unusedUsage(p)
 	}
 	s := &b.shards[k[0]%memShards]
 	s.mu.Lock()
@@ -52,39 +51,37 @@ func (m *Memory) Peek(p *Policy, k Key) Usage {
 	now := m.clock()
 	e := s.m[k]
 	if e == nil {
-		return usageOf(p, nil, 0, now, 1)
+		return unusedUsage(p)
 	}
-	if p.Algorithm == GCRA {
-		return usageOf(p, nil, e.tat, now, 1)
-	}
-	stamps := make([]int64, e.n)
-	for i := range stamps {
-		stamps[i] = e.at(i)
-	}
-	return usageOf(p, stamps, 0, now, 1)
+	return p.Algorithm.usageMemory(e, p, now)
 }
 
-// usageOf computes the usage of p from a sliding log's stamps (oldest
-// first) or a GCRA theoretical arrival time tat, at now; times are in
-// units of unit (ns in process, µs in Redis).
-func usageOf(p *Policy, stamps []int64, tat, now int64, unit time.Duration) Usage {
-	u := Usage{Tiers: make([]TierUsage, len(p.Tiers)), Store: "memory"}
+// peek is Peek, for the limiter's store interface.
+func (m *Memory) peek(_ context.Context, p *Policy, k Key) (Usage, error) { return m.Peek(p, k), nil }
+
+// newUsage returns a usage of p with its tiers to fill.
+func newUsage(p *Policy) Usage {
+	return Usage{Tiers: make([]TierUsage, len(p.Tiers)), Store: "memory"}
+}
+
+// unusedUsage is the usage of p by an identity that has none, with
+// either algorithm: nothing used, every tier's limit left.
+func unusedUsage(p *Policy) Usage {
+	u := newUsage(p)
+	for i, t := range p.Tiers {
+		u.Tiers[i] = TierUsage{Tier: t, Remaining: t.Limit}
+	}
+	return u
+}
+
+// slidingLogUsage computes the usage of p from a sliding log's stamps
+// (oldest first), at now; times are in units of unit (ns in process, µs
+// in Redis).
+func slidingLogUsage(p *Policy, stamps []int64, now int64, unit time.Duration) Usage {
+	u := newUsage(p)
 	for i, t := range p.Tiers {
 		w := int64(t.Window / unit)
 		tu := TierUsage{Tier: t, Remaining: t.Limit}
-		if p.Algorithm == GCRA {
-			interval := w / t.Limit
-			if tat > now && interval > 0 {
-				left := min(t.Limit, max(0, (now-(tat-w))/interval))
-				tu.Remaining, tu.Used = left, t.Limit-left
-				tu.Reset = time.Duration(tat-now) * unit
-				if left == 0 {
-					tu.NextSlot = time.Duration(tat-w+interval-now) * unit
-				}
-			}
-			u.Tiers[i] = tu
-			continue
-		}
 		first := firstAfter(stamps, now-w)
 		count := int64(len(stamps) - first)
 		if count > 0 {
@@ -98,6 +95,25 @@ func usageOf(p *Policy, stamps []int64, tat, now int64, unit time.Duration) Usag
 		u.Tiers[i] = tu
 	}
 	return u
+}
+
+// slidingLogUsageRedis reads the usage of p from state, the value of the
+// sliding-log key (its stamps, µs, in fixed-width hex, oldest first; empty
+// for none), at now (µs).
+func slidingLogUsageRedis(p *Policy, key, state string, now int64) (Usage, error) {
+	const w = 13
+	stamps := make([]int64, len(state)/w)
+	for i := range stamps {
+		n, err := strconv.ParseInt(state[i*w:i*w+w], 16, 64)
+		if err != nil {
+			return Usage{}, fmt.Errorf("redis budget read: stamp %d of %s: %v", i, key, err)
+		}
+		stamps[i] = n
+	}
+	if n := len(stamps); n > 0 && now < stamps[n-1] {
+		now = stamps[n-1] // as the script: a clock stepped back frees nothing
+	}
+	return slidingLogUsage(p, stamps, now, time.Microsecond), nil
 }
 
 func firstAfter(s []int64, cutoff int64) int {
@@ -120,17 +136,11 @@ var peekScript = redis.NewScript(peekLua)
 //go:embed lua/peek.lua
 var peekLua string
 
-// gcraEpoch is redis_rate's time origin (1 January 2017), in seconds.
-const gcraEpoch = 1483228800
-
 // Peek returns k's usage of p in Redis, read with the clock of Redis and
 // without writing anything (no key is created for an identity that has
 // none). ctx bounds it.
 func (r *Redis) Peek(ctx context.Context, p *Policy, k Key) (Usage, error) {
-	key := RedisKey(r.prefix, p.ID, k)
-	if p.Algorithm == GCRA {
-		key = "rate:" + key // redis_rate's own prefix
-	}
+	key := p.Algorithm.redisKey(r.prefix, p, k)
 	v, err := peekScript.Run(ctx, r.client, []string{key}).StringSlice()
 	if err != nil {
 		return Usage{}, fmt.Errorf("redis budget read: %w", err)
@@ -143,50 +153,29 @@ func (r *Redis) Peek(ctx context.Context, p *Policy, k Key) (Usage, error) {
 	if err1 != nil || err2 != nil {
 		return Usage{}, fmt.Errorf("redis budget read: TIME %q %q", v[0], v[1])
 	}
-	now := sec*1_000_000 + usec
-	var u Usage
-	if p.Algorithm == GCRA {
-		var tat int64
-		if v[2] != "" {
-			f, err := strconv.ParseFloat(v[2], 64)
-			if err != nil {
-				return Usage{}, fmt.Errorf("redis budget read: GCRA state %q", v[2])
-			}
-			tat = int64(math.Round(f*1e6)) + gcraEpoch*1_000_000
-		}
-		u = usageOf(p, nil, tat, now, time.Microsecond)
-	} else {
-		s := v[2]
-		const w = 13
-		stamps := make([]int64, len(s)/w)
-		for i := range stamps {
-			n, err := strconv.ParseInt(s[i*w:i*w+w], 16, 64)
-			if err != nil {
-				return Usage{}, fmt.Errorf("redis budget read: stamp %d of %s: %v", i, key, err)
-			}
-			stamps[i] = n
-		}
-		if n := len(stamps); n > 0 && now < stamps[n-1] {
-			now = stamps[n-1] // as the script: a clock stepped back frees nothing
-		}
-		u = usageOf(p, stamps, 0, now, time.Microsecond)
+	u, err := p.Algorithm.usageRedis(p, key, v[2], sec*1_000_000+usec)
+	if err != nil {
+		return Usage{}, err
 	}
 	u.Store = "redis"
 	return u, nil
 }
+
+// peek is Peek, for the limiter's store interface.
+func (r *Redis) peek(ctx context.Context, p *Policy, k Key) (Usage, error) { return r.Peek(ctx, p, k) }
 
 // Peek returns k's usage of p where the limiter decides now: the
 // in-process store, Redis, or — while Redis is down with
 // redis.on_failure: local — the fallback store. It never consumes. With
 // Redis down and another failure policy, it returns [ErrUnavailable].
 func (l *Limiter) Peek(ctx context.Context, p *Policy, k Key) (Usage, error) {
-	if l.redis == nil {
+	if l.shared == nil {
 		return l.local.Peek(p, k), nil
 	}
 	if l.healthy.Load() {
 		cctx, cancel := context.WithTimeout(ctx, max(l.timeout, time.Second))
 		defer cancel()
-		return l.redis.Peek(cctx, p, k)
+		return l.shared.peek(cctx, p, k)
 	}
 	if l.onFailure == FailLocal {
 		u := l.local.Peek(p, k)

@@ -11,14 +11,14 @@ import (
 // not counted (allow), or [ErrUnavailable] (deny). A Redis call that
 // times out may still have reserved a slot: it is freed when it expires.
 func (l *Limiter) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {
-	if l.redis == nil {
+	if l.shared == nil {
 		return l.local.Reserve(ctx, q, k, limit, ttl)
 	}
 	if !l.healthy.Load() {
 		return l.quotaFailed(ctx, q, k, limit, ttl)
 	}
 	cctx, cancel := context.WithTimeout(ctx, l.timeout)
-	d, err := l.redis.Reserve(cctx, q, k, limit, ttl)
+	d, err := l.shared.Reserve(cctx, q, k, limit, ttl)
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -37,13 +37,13 @@ func (l *Limiter) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl
 // creates no state. With Redis down and another failure policy, it
 // returns [ErrUnavailable].
 func (l *Limiter) QuotaUsage(ctx context.Context, q *Quota, k Key) (QuotaUsage, error) {
-	if l.redis == nil {
+	if l.shared == nil {
 		return l.local.QuotaUsage(ctx, q, k)
 	}
 	if l.healthy.Load() {
 		cctx, cancel := context.WithTimeout(ctx, max(l.timeout, time.Second))
 		defer cancel()
-		return l.redis.QuotaUsage(cctx, q, k)
+		return l.shared.QuotaUsage(cctx, q, k)
 	}
 	if l.onFailure == FailLocal {
 		u, err := l.local.QuotaUsage(ctx, q, k)
@@ -73,11 +73,11 @@ func (l *Limiter) Settle(ctx context.Context, q *Quota, k Key, r Reservation, co
 	if !r.Held() {
 		return nil
 	}
-	if r.store == storeMemory || l.redis == nil {
+	if r.store == storeMemory || l.shared == nil {
 		return l.local.Settle(ctx, q, k, r, commit)
 	}
 	cctx, cancel := context.WithTimeout(ctx, l.timeout)
-	err := l.redis.Settle(cctx, q, k, r, commit)
+	err := l.shared.Settle(cctx, q, k, r, commit)
 	cancel()
 	if err != nil {
 		l.storeErrors.Inc()

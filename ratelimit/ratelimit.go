@@ -30,27 +30,6 @@ type Tier struct {
 // String returns the tier as "3/1s".
 func (t Tier) String() string { return strconv.FormatInt(t.Limit, 10) + "/" + t.Name }
 
-// Algorithm is how a store counts.
-type Algorithm uint8
-
-// The algorithms.
-const (
-	// SlidingLog is exact: it keeps the time of every admitted request
-	// within the longest window.
-	SlidingLog Algorithm = iota
-	// GCRA is the generic cell rate algorithm of redis_rate: one tier,
-	// requests spaced by Window/Limit with a burst of Limit.
-	GCRA
-)
-
-// String returns the config name of a.
-func (a Algorithm) String() string {
-	if a == GCRA {
-		return "gcra"
-	}
-	return "sliding_log"
-}
-
 // Policy is the tiers of one budget. Its ID names the state: two policies
 // with the same ID share counts, so a reload that keeps a bucket keeps its
 // clients' budgets.
@@ -77,8 +56,8 @@ func NewPolicy(id string, alg Algorithm, tiers []Tier) (*Policy, error) {
 	if len(tiers) == 0 {
 		return nil, fmt.Errorf("policy %q: no tiers", id)
 	}
-	if alg == GCRA && len(tiers) != 1 {
-		return nil, fmt.Errorf("policy %q: gcra takes exactly one tier, got %d", id, len(tiers))
+	if alg.oneTier() && len(tiers) != 1 {
+		return nil, fmt.Errorf("policy %q: %s takes exactly one tier, got %d", id, alg, len(tiers))
 	}
 	p := &Policy{ID: id, Algorithm: alg, Tiers: append([]Tier(nil), tiers...), slot: slotOf(id)}
 	seen := map[time.Duration]bool{}

@@ -15,8 +15,6 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 )
 
 // slidingLogScript decides requests against every tier of their policies,
@@ -251,32 +249,13 @@ func appendRedisKey(b []byte, prefix string, id string, k Key) []byte {
 // Allow decides one request in one round trip, shared with the requests
 // decided at the same time. The caller bounds it with ctx.
 func (r *Redis) Allow(ctx context.Context, p *Policy, k Key) (Decision, error) {
-	if p.Algorithm == GCRA {
-		return r.allowGCRA(ctx, p.Tiers[0], RedisKey(r.prefix, p.ID, k))
-	}
 	deadline, _ := ctx.Deadline()
-	return r.allow(ctx, deadline, p, k)
+	return r.decide(ctx, deadline, p, k, nil)
 }
 
-// allowGCRA runs one tier through redis_rate: requests spaced by
-// window/limit, with a burst of limit.
-func (r *Redis) allowGCRA(ctx context.Context, t Tier, key string) (Decision, error) {
-	ctx, span := startSpan(ctx)
-	res, err := r.gcra.Allow(ctx, key, redis_rate.Limit{Rate: int(t.Limit), Burst: int(t.Limit), Period: t.Window})
-	if span != nil {
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "rate-limit store cannot decide")
-		} else {
-			span.SetAttributes(attribute.Bool("deskgate.ratelimit.allowed", res.Allowed > 0))
-		}
-		span.End()
-	}
-	if err != nil {
-		return Decision{}, fmt.Errorf("redis_rate: %w", err)
-	}
-	if res.Allowed > 0 {
-		return Decision{Allowed: true, Remaining: int64(res.Remaining), Reset: res.ResetAfter}, nil
-	}
-	return Decision{Reset: res.RetryAfter}, nil
+// decide is Allow bounded by deadline (when not zero) rather than by ctx
+// alone, making asks' reservations in the same call when p's algorithm
+// can (the sliding log).
+func (r *Redis) decide(ctx context.Context, deadline time.Time, p *Policy, k Key, asks []QuotaAsk) (Decision, error) {
+	return p.Algorithm.allowRedis(ctx, r, deadline, p, k, asks)
 }
