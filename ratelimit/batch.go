@@ -378,7 +378,7 @@ func (r *Redis) run(c *call) {
 	c.args = args[:0]
 	reply, err := cmd.Text()
 	if err != nil && len(c.settles) > 0 {
-		r.settles.retry(c.settles, fmt.Errorf("quota settlements: %w", err))
+		r.settles.retry(c.settles, fmt.Errorf("quota settlements: %w", err), false)
 	}
 	if err == nil {
 		err = parseReply(reply, items)
@@ -412,7 +412,7 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 		}
 		return nil
 	})
-	_ = r.settledInCluster(ctx, cc, settles, scmds)
+	_ = r.settledInCluster(ctx, cc, settles, scmds, false)
 	for i, it := range items {
 		cmd := cmds[i]
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {

@@ -189,11 +189,15 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	return l
 }
 
-// settleFailed is told of a call of quota settlements that failed: it is
-// a store error, and the settlements it drops for good are logged (their
-// slots expire; a dropped commit is a request the month does not count).
-func (l *Limiter) settleFailed(err error, dropped int) {
-	l.storeErrors.Inc()
+// settleFailed is told of a call for quota settlements alone that
+// failed (own: a store error; a decision call's is counted where it
+// failed) and of the settlements it drops for good, which are logged
+// (their slots expire; a dropped commit is a request the month does not
+// count).
+func (l *Limiter) settleFailed(err error, dropped int, own bool) {
+	if own {
+		l.storeErrors.Inc()
+	}
 	if dropped > 0 {
 		l.log.LogAttrs(context.Background(), slog.LevelWarn, "quota settlements dropped after retries",
 			slog.Int("dropped", dropped), slog.String("error", err.Error()))

@@ -58,9 +58,10 @@ type settleQueue struct {
 	stopped bool
 	// flush writes the queue (set by NewRedis).
 	flush func()
-	// failed is told of a settlement call that failed and of the
-	// settlements dropped for good (set by the limiter; nil: nobody).
-	failed func(err error, dropped int)
+	// failed is told of a call for settlements alone that failed (own)
+	// and of the settlements dropped for good (set by the limiter; nil:
+	// nobody).
+	failed func(err error, dropped int, own bool)
 }
 
 // add queues the commit or release of slot id of key.
@@ -102,8 +103,10 @@ func (s *settleQueue) take(dst []settlement) []settlement {
 }
 
 // retry queues again the settlements of a call that failed with err,
-// ahead of the others, but those queued more than settleGiveUp ago.
-func (s *settleQueue) retry(batch []settlement, err error) {
+// ahead of the others, but those queued more than settleGiveUp ago. own:
+// the call was made for settlements alone (a decision call's failure is
+// counted by the limiter already).
+func (s *settleQueue) retry(batch []settlement, err error, own bool) {
 	now := time.Now()
 	dropped := 0
 	s.mu.Lock()
@@ -119,8 +122,8 @@ func (s *settleQueue) retry(batch []settlement, err error) {
 	s.n.Store(int32(len(s.q)))
 	s.arm(settleRetryDelay)
 	s.mu.Unlock()
-	if s.failed != nil {
-		s.failed(err, dropped)
+	if s.failed != nil && (own || dropped > 0) {
+		s.failed(err, dropped, own)
 	}
 }
 
@@ -163,14 +166,14 @@ func (r *Redis) flushSettlements(ctx context.Context) error {
 				}
 				return nil
 			})
-			if err := r.settledInCluster(ctx, cc, batch, cmds); err != nil {
+			if err := r.settledInCluster(ctx, cc, batch, cmds, true); err != nil {
 				return err
 			}
 			continue
 		}
 		if err := r.settleCall(ctx, batch); err != nil {
 			err = fmt.Errorf("quota settlements: %w", err)
-			r.settles.retry(batch, err)
+			r.settles.retry(batch, err, true)
 			return err
 		}
 	}
@@ -202,8 +205,9 @@ func settleOnly(st settlement) []any {
 
 // settledInCluster reads the replies of settlements sent one call each
 // in a Cluster pipeline: one that found a master without the script is
-// sent again with EVAL, and those that failed are queued again.
-func (r *Redis) settledInCluster(ctx context.Context, cc *redis.ClusterClient, batch []settlement, cmds []*redis.Cmd) error {
+// sent again with EVAL, and those that failed are queued again (own: as
+// for [settleQueue.retry]).
+func (r *Redis) settledInCluster(ctx context.Context, cc *redis.ClusterClient, batch []settlement, cmds []*redis.Cmd, own bool) error {
 	var failed []settlement
 	var first error
 	for i, cmd := range cmds {
@@ -222,7 +226,7 @@ func (r *Redis) settledInCluster(ctx context.Context, cc *redis.ClusterClient, b
 		return nil
 	}
 	first = fmt.Errorf("quota settlements: %w", first)
-	r.settles.retry(failed, first)
+	r.settles.retry(failed, first, own)
 	return first
 }
 

@@ -2,13 +2,17 @@ package ratelimit
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/innovartx/deskgate/metrics"
 )
 
 // rawUsed reads k's count of q with the quota's read script alone: what
@@ -182,4 +186,33 @@ func TestLimiterCloseWritesCommits(t *testing.T) {
 	if u, h := rawUsed(t, r, q, k); u != 1 || h != 0 {
 		t.Errorf("after Close: used %d held %d, want 1 and 0", u, h)
 	}
+}
+
+// TestSettleDroppedAfterGiveUp: a settlement still not written
+// settleGiveUp after it was queued is dropped when its call fails again,
+// and the limiter logs it; younger ones stay queued.
+func TestSettleDroppedAfterGiveUp(t *testing.T) {
+	mr := miniredis.RunT(t)
+	c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { c.Close() })
+	r := NewRedis(c)
+	r.settles.flush = nil
+	var logs strings.Builder
+	l := NewLimiter(LimiterOptions{Redis: r, Local: NewMemory(time.Hour), Timeout: 100 * time.Millisecond,
+		Metrics: metrics.New(prometheus.NewRegistry(), "test"), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	t.Cleanup(l.Close)
+	r.settles.add("deskgate:rl:{old}:quota:tickets", 1, true)
+	r.settles.q[0].since = time.Now().Add(-settleGiveUp - time.Second)
+	r.settles.add("deskgate:rl:{new}:quota:tickets", 2, true)
+	mr.SetError("ERR injected")
+	if err := r.flushSettlements(ctxBG); err == nil {
+		t.Fatal("flush succeeded against a failing Redis")
+	}
+	if n := r.settles.n.Load(); n != 1 || r.settles.q[0].mark != " c2" {
+		t.Errorf("queued %d (%+v), want only the younger one", n, r.settles.q)
+	}
+	if !strings.Contains(logs.String(), "quota settlements dropped after retries") || !strings.Contains(logs.String(), "dropped=1") {
+		t.Errorf("log %q: want the drop logged", logs.String())
+	}
+	mr.SetError("")
 }
