@@ -450,6 +450,16 @@ func TestKustomizeRedisRefusesWeakPassword(t *testing.T) {
 		if err == nil || out != "" || !strings.Contains(stderr, bad.says) || !strings.Contains(stderr, "redis.env") {
 			t.Errorf("password %q: exit %v, redis-server got %q, stderr %q; want a refusal that says %q and names redis.env", bad.password, err, out, stderr, bad.says)
 		}
+		// The refusal sends the operator to a page: it must exist.
+		docs := regexp.MustCompile(`[\w./-]+\.md\b`).FindAllString(stderr, -1)
+		if len(docs) == 0 {
+			t.Errorf("password %q: stderr %q names no page that says what to do", bad.password, stderr)
+		}
+		for _, d := range docs {
+			if _, err := os.Stat(d); err != nil {
+				t.Errorf("password %q: stderr names %s: %v", bad.password, d, err)
+			}
+		}
 	}
 	good := randomPassword()
 	out, stderr, err := runRedis(good)
