@@ -90,7 +90,7 @@ func TestSpecCodes(t *testing.T) {
 }
 
 // TestCodesComplete guards SPEC §1/§2: the package knows exactly the SPEC's
-// codes (and the one README-documented addition), and Own is exactly the §1
+// codes (and the one addition docs/reference.md documents), and Own is exactly the §1
 // table plus the malformed-request answers (BAD_REQUEST, 431).
 func TestCodesComplete(t *testing.T) {
 	var want, wantOwn []Code

@@ -218,7 +218,7 @@ type RateLimit struct {
 	Tiers     []Tier          `yaml:"tiers"`
 	Plans     map[string]Plan `yaml:"plans"`
 	// Mode is the global bucket's (and its plans'): enforce (default) or
-	// shadow (SPEC §10, README "Operating the limits").
+	// shadow (SPEC §10, docs/operating.md).
 	Mode Mode `yaml:"mode"`
 	// MaxUpstreamRetryAfter caps how long an upstream 429's Retry-After
 	// makes deskgate refuse an identity itself; 0 turns that off.

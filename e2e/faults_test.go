@@ -368,13 +368,14 @@ func (s faultSample) String() string {
 }
 
 // faultSummaryRows collects one row per scenario; TestMain prints them
-// (with -v) as the README's Faults table.
+// (with -v) as the Faults table of docs/security.md.
 var (
 	faultSummaryMu   sync.Mutex
 	faultSummaryRows []string
 )
 
-// faultSummary logs and records the scenario's row of the README table.
+// faultSummary logs and records the scenario's row of the docs/security.md
+// Faults table.
 func faultSummary(t *testing.T, scenario, load, faults, outcome string) {
 	t.Helper()
 	row := fmt.Sprintf("| %s | %s | %s | %s |", scenario, load, faults, outcome)
@@ -1267,8 +1268,9 @@ func TestFaultOneKeyFlood(t *testing.T) {
 
 // TestFaultDistinctIdentityFlood guards issue 8, Faults, item 5 ("Memory
 // stays bounded under a flood of distinct keys and IPs (rate-limit and key
-// caches evict)") and the README's in-process store ("a sweep every 10 s
-// evicts identities whose last request has left the longest window").
+// caches evict)") and docs/rate-limits.md's in-process store ("a sweep
+// every 10 s evicts identities whose last request has left the longest
+// window").
 //
 // In-process store, auth.store none, tiers 3/1s and 5/2s, loopback a
 // trusted proxy. 50,000 requests, each from a new identity, pipelined on 8
@@ -1465,8 +1467,8 @@ func faultPipelined(addr string, conns, depth, n int, deadline time.Time, build 
 	return res
 }
 
-// printFaultSummary writes the fault scenarios' rows, in the README's
-// table format, after the tests ran (with -v only).
+// printFaultSummary writes the fault scenarios' rows, in the table format
+// of docs/security.md, after the tests ran (with -v only).
 func printFaultSummary() {
 	faultSummaryMu.Lock()
 	defer faultSummaryMu.Unlock()

@@ -22,8 +22,8 @@ import (
 )
 
 // TestMain runs the suites from the root of the repository, so that they
-// read config.yaml, the Dockerfile, deploy/ and README.md by the paths the
-// README and the Dockerfile give them, then removes what the shared builds
+// read config.yaml, the Dockerfile, deploy/ and docs/ by the paths the
+// docs and the Dockerfile give them, then removes what the shared builds
 // left and prints the fault suite's table.
 func TestMain(m *testing.M) {
 	if err := os.Chdir(".."); err != nil {

@@ -5,7 +5,7 @@ package e2e
 // kustomize's own Go API and validated strictly against the Kubernetes API
 // types, by deploy/kubecheck, a module of its own so that kustomize and
 // k8s.io/api stay out of the gateway's go.mod. Its go.mod also pins the
-// kustomize CLI that README.md's Deploying steps run.
+// kustomize CLI that the Kubernetes steps of docs/deploying.md run.
 
 import (
 	"bytes"
@@ -80,7 +80,7 @@ func kubeTools(t *testing.T) (kubecheck, kustomize string) {
 // kubeTree copies deploy/kubernetes, as committed, to a temporary
 // directory and returns the copy's path (…/deploy/kubernetes). A local
 // redis.env, which git ignores, is left out; password, if not "", is
-// written to the copy's redis.env as the README says.
+// written to the copy's redis.env as docs/deploying.md says.
 func kubeTree(t *testing.T, password string) string {
 	t.Helper()
 	dst := filepath.Join(t.TempDir(), "deploy", "kubernetes")
@@ -450,6 +450,16 @@ func TestKustomizeRedisRefusesWeakPassword(t *testing.T) {
 		if err == nil || out != "" || !strings.Contains(stderr, bad.says) || !strings.Contains(stderr, "redis.env") {
 			t.Errorf("password %q: exit %v, redis-server got %q, stderr %q; want a refusal that says %q and names redis.env", bad.password, err, out, stderr, bad.says)
 		}
+		// The refusal sends the operator to a page: it must exist.
+		docs := regexp.MustCompile(`[\w./-]+\.md\b`).FindAllString(stderr, -1)
+		if len(docs) == 0 {
+			t.Errorf("password %q: stderr %q names no page that says what to do", bad.password, stderr)
+		}
+		for _, d := range docs {
+			if _, err := os.Stat(d); err != nil {
+				t.Errorf("password %q: stderr names %s: %v", bad.password, d, err)
+			}
+		}
 	}
 	good := randomPassword()
 	out, stderr, err := runRedis(good)
@@ -464,18 +474,22 @@ func TestKustomizeRedisRefusesWeakPassword(t *testing.T) {
 	}
 }
 
-// readmeSection returns the text of README.md from the heading line head
-// to the next heading of the same or a higher level.
-func readmeSection(t *testing.T, head string) string {
+// deployingDoc is the page whose Kubernetes steps TestDeployingSteps runs.
+const deployingDoc = "docs/deploying.md"
+
+// docSection returns the text of the Markdown file doc from the heading
+// line head to the next heading of the same or a higher level, outside
+// code blocks. A missing file or heading fails the test.
+func docSection(t *testing.T, doc, head string) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
 	i := strings.Index(s, "\n"+head+"\n")
 	if i < 0 {
-		t.Fatalf("README.md has no %q section", head)
+		t.Fatalf("%s has no %q section", doc, head)
 	}
 	s = s[i+1+len(head)+1:]
 	level := strings.Index(head, " ")
@@ -501,22 +515,22 @@ func shBlocks(text string) []string {
 	return blocks
 }
 
-// TestDeployingSteps runs README.md's Kubernetes steps as written, in one
-// shell, in a copy of deploy/kubernetes: docker and kubectl are stand-ins
-// (no engine, no cluster) that record what they were asked and, for
-// `kubectl apply -k DIR`, render DIR with kubecheck as kubectl would;
+// TestDeployingSteps runs docs/deploying.md's Kubernetes steps as written,
+// in one shell, in a copy of deploy/kubernetes: docker and kubectl are
+// stand-ins (no engine, no cluster) that record what they were asked and,
+// for `kubectl apply -k DIR`, render DIR with kubecheck as kubectl would;
 // kustomize is the CLI that deploy/kubecheck/go.mod pins, and openssl the
 // real one. The image built is the image pushed and the image the
 // Deployment runs; the password file is private and is the Secret's only
 // source; the first apply has no ServiceMonitor, the opt-in one has.
 func TestDeployingSteps(t *testing.T) {
 	kubecheckBin, kustomize := kubeTools(t)
-	section := readmeSection(t, "### Kubernetes")
+	section := docSection(t, deployingDoc, "## Kubernetes")
 	blocks := shBlocks(section)
 	script := strings.Join(blocks, "\n")
 	for _, want := range []string{"docker build", "docker push", "kustomize edit set image", "redis.env", "kubectl apply -k", "kustomize edit add component"} {
 		if !strings.Contains(script, want) {
-			t.Errorf("README.md's Kubernetes steps lack %q", want)
+			t.Errorf("%s's Kubernetes steps lack %q", deployingDoc, want)
 		}
 	}
 	gomod, err := os.ReadFile(filepath.Join(kubecheckDir, "go.mod"))
@@ -525,7 +539,7 @@ func TestDeployingSteps(t *testing.T) {
 	}
 	pinned := regexp.MustCompile(`sigs\.k8s\.io/kustomize/kustomize/v5 (v\S+)`).FindSubmatch(gomod)
 	if pinned == nil || !strings.Contains(section, "go install sigs.k8s.io/kustomize/kustomize/v5@"+string(pinned[1])) {
-		t.Errorf("README.md's kustomize install line does not name the version deploy/kubecheck/go.mod pins (%s)", pinned)
+		t.Errorf("%s's kustomize install line does not name the version deploy/kubecheck/go.mod pins (%s)", deployingDoc, pinned)
 	}
 
 	root := filepath.Dir(filepath.Dir(kubeTree(t, "")))
@@ -549,7 +563,7 @@ echo "kubectl apply -k $3" >> "$OUT/log"
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "PATH="+stubs+string(os.PathListSeparator)+os.Getenv("PATH"), "OUT="+out, "KUBECHECK="+kubecheckBin)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("README.md's Kubernetes steps failed: %v\n%s\nscript:\n%s", err, b, script)
+		t.Fatalf("%s's Kubernetes steps failed: %v\n%s\nscript:\n%s", deployingDoc, err, b, script)
 	}
 	logb, _ := os.ReadFile(filepath.Join(out, "log"))
 	log := strings.Split(strings.TrimSpace(string(logb)), "\n")

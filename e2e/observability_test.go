@@ -404,13 +404,13 @@ var specMetrics = map[string]struct {
 	"deskgate_ratelimit_decisions_total":     {dto.MetricType_COUNTER, []string{"result", "store"}},
 	"deskgate_ratelimit_store_errors_total":  {dto.MetricType_COUNTER, nil},
 	"deskgate_ratelimit_fallback_active":     {dto.MetricType_GAUGE, nil},
-	"deskgate_ratelimit_store_evicting":      {dto.MetricType_GAUGE, nil}, // beyond SPEC §6's table: README "Observability"
+	"deskgate_ratelimit_store_evicting":      {dto.MetricType_GAUGE, nil}, // beyond SPEC §6's table: docs/rate-limits.md
 	"deskgate_config_reloads_total":          {dto.MetricType_COUNTER, []string{"result"}},
 	"deskgate_config_last_reload_successful": {dto.MetricType_GAUGE, nil},
 	"deskgate_build_info":                    {dto.MetricType_GAUGE, []string{"goversion", "version"}},
 	"deskgate_quota_reservations_total":      {dto.MetricType_COUNTER, []string{"quota", "result"}}, // SPEC §9
 	"deskgate_shadow_rejections_total":       {dto.MetricType_COUNTER, []string{"code", "route"}},   // SPEC §10
-	"deskgate_upstream_ratelimited_total":    {dto.MetricType_COUNTER, nil},                         // beyond the SPEC: README "Operating the limits"
+	"deskgate_upstream_ratelimited_total":    {dto.MetricType_COUNTER, nil},                         // beyond the SPEC: docs/operating.md
 	// SPEC §12. The expiry gauge has series only with TLS on.
 	"deskgate_tls_handshake_errors_total":               {dto.MetricType_COUNTER, nil},
 	"deskgate_tls_certificate_expiry_timestamp_seconds": {dto.MetricType_GAUGE, []string{"name"}},

@@ -30,8 +30,8 @@ type Metrics struct {
 	RateLimitDecisions   *prometheus.CounterVec
 	RateLimitStoreErrors prometheus.Counter
 	RateLimitFallback    prometheus.Gauge
-	// RateLimitEvicting is beyond SPEC §6's table: the README documents
-	// it.
+	// RateLimitEvicting is beyond SPEC §6's table: docs/rate-limits.md
+	// documents it.
 	RateLimitEvicting  prometheus.Gauge
 	ConfigReloads      *prometheus.CounterVec
 	ConfigLastReloadOK prometheus.Gauge

@@ -7,7 +7,7 @@ import (
 
 // Reserve takes a slot of q for k: in Redis when it is configured and
 // healthy, else by redis.on_failure — in process (local: the month's
-// count starts from what this replica saw, see README "Monthly quotas"),
+// count starts from what this replica saw, see docs/quotas.md),
 // not counted (allow), or [ErrUnavailable] (deny). A Redis call that
 // times out may still have reserved a slot: it is freed when it expires.
 func (l *Limiter) Reserve(ctx context.Context, q *Quota, k Key, limit int64, ttl time.Duration) (QuotaDecision, error) {

@@ -153,7 +153,7 @@ type EvictionPolicy struct {
 
 // Evicts reports whether the policy may evict any key, including those
 // without an expiry: the allkeys-* policies. SPEC §4 accepts noeviction
-// and volatile-* (README "Stores" says why).
+// and volatile-* (docs/rate-limits.md, "Stores", says why).
 func (p EvictionPolicy) Evicts() bool { return strings.HasPrefix(p.Policy, "allkeys-") }
 
 func (p EvictionPolicy) String() string {

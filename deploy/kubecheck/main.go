@@ -22,8 +22,8 @@
 // It lives in a module of its own so that kustomize's and the Kubernetes
 // API's dependencies stay out of the gateway's go.mod and out of the image
 // build. The deskgate tests build it (deploy_test.go, kustomize_test.go);
-// go.mod also pins, as a tool, the kustomize CLI that README.md's
-// Deploying steps use and that the tests run.
+// go.mod also pins, as a tool, the kustomize CLI that the Kubernetes steps
+// of docs/deploying.md use and that the tests run.
 package main
 
 import (
