@@ -216,3 +216,38 @@ func TestSettleDroppedAfterGiveUp(t *testing.T) {
 	}
 	mr.SetError("")
 }
+
+// TestQuotaKeyOfAnotherTypeReplaced: a quota key of another type (the
+// first quota builds kept a hash) is read as none and replaced by the
+// next reservation, by the rate-limit script and by the quota's own.
+func TestQuotaKeyOfAnotherTypeReplaced(t *testing.T) {
+	quotaStores(t, func(t *testing.T, c *redis.Client) {
+		r := NewRedis(c)
+		r.settles.flush = nil
+		p := defaultPolicy(t)
+		q := NewQuota("tickets")
+		for i, reserve := range []func(k Key) (QuotaDecision, error){
+			func(k Key) (QuotaDecision, error) {
+				a := []QuotaAsk{{Quota: q, Limit: 5, TTL: time.Minute, Stop: true}}
+				_, err := r.allowQuotas(ctxBG, time.Time{}, p, k, a)
+				return a[0].Decision, err
+			},
+			func(k Key) (QuotaDecision, error) { return r.Reserve(ctxBG, q, k, 5, time.Minute) },
+		} {
+			k := KeyFromApp("old_format_" + string(rune('a'+i)))
+			if err := c.HSet(ctxBG, r.quotaKey(q, k), "m", "1", "u", "3").Err(); err != nil {
+				t.Fatal(err)
+			}
+			if u, h := rawUsed(t, r, q, k); u != 0 || h != 0 {
+				t.Errorf("%d: read of the old key: used %d held %d, want none", i, u, h)
+			}
+			d, err := reserve(k)
+			if err != nil || !d.Allowed || d.Remaining != 4 {
+				t.Fatalf("%d: %+v %v", i, d, err)
+			}
+			if typ, _ := c.Type(ctxBG, r.quotaKey(q, k)).Result(); typ != "string" {
+				t.Errorf("%d: key type %q after the reservation, want string", i, typ)
+			}
+		}
+	})
+}

@@ -34,6 +34,15 @@ local function qload(s, month, now)
   return q
 end
 
+-- qget reads key k's value as MGET does in the rate-limit script: a key
+-- of another type (the first quota builds' hash) reads as none, and the
+-- next write replaces it.
+local function qget(k)
+  local ok, v = pcall(redis.call, 'GET', k)
+  if ok then return v end
+  return false
+end
+
 -- qreserve takes a slot of q for ttl ms when fewer than limit are used or
 -- held. It returns allowed (0/1), the slots taken after it and the slot's
 -- id (0 when refused).
