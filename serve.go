@@ -30,18 +30,23 @@ import (
 func newLogger(w io.Writer, cfg config.Log, level *slog.LevelVar) *slog.Logger {
 	level.Set(parseLevel(cfg.Level))
 	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Format == "text" {
+	if cfg.Format == config.FormatText {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-func parseLevel(s string) slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return slog.LevelInfo
+// parseLevel maps log.level (validated) to slog's level.
+func parseLevel(l config.LogLevel) slog.Level {
+	switch l {
+	case config.LevelDebug:
+		return slog.LevelDebug
+	case config.LevelWarn:
+		return slog.LevelWarn
+	case config.LevelError:
+		return slog.LevelError
 	}
-	return l
+	return slog.LevelInfo
 }
 
 // process is the running gateway: what a reload replaces and what it keeps.
@@ -81,7 +86,7 @@ func (p *process) build(cfg *config.Config) (*proxy.Gateway, *tracing.Provider, 
 	}
 	gw, err := proxy.New(proxy.Options{
 		AccessLog:     p.out,
-		AccessLogText: cfg.Log.Format == "text",
+		AccessLogText: cfg.Log.Format == config.FormatText,
 		LogLevel:      p.level,
 		Config:        cfg,
 		Auth:          authn,
@@ -412,10 +417,10 @@ func redisTopology(cfg config.Redis) string {
 // (path)" or "redis (prefix)".
 func keyStoreName(a config.Auth) string {
 	switch a.Store {
-	case "file":
+	case config.StoreFile:
 		return "file (" + a.File + ")"
-	case "redis":
+	case config.StoreRedis:
 		return "redis (" + a.RedisPrefix + ")"
 	}
-	return a.Store
+	return string(a.Store)
 }

@@ -42,9 +42,9 @@ func NewStoreKeeper(client redis.UniversalClient, timeout time.Duration, log *sl
 // store.
 func (k *StoreKeeper) Store(a config.Auth, kf *config.KeyFile) (KeyStore, error) {
 	switch a.Store {
-	case "file":
+	case config.StoreFile:
 		return NewFileStore(kf), nil
-	case "redis":
+	case config.StoreRedis:
 		if k.client == nil {
 			return nil, errors.New("auth.store: redis needs the Redis of redis.url/redis.addrs, set at start-up")
 		}

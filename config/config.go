@@ -86,8 +86,8 @@ type TLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 	// MinVersion is "1.2" (the default) or "1.3".
-	MinVersion string `yaml:"min_version"`
-	ACME       ACME   `yaml:"acme"`
+	MinVersion TLSVersion `yaml:"min_version"`
+	ACME       ACME       `yaml:"acme"`
 
 	// CertPath and KeyPath are CertFile and KeyFile resolved against the
 	// config's directory; StoragePath is ACME.Storage likewise. Set by
@@ -184,7 +184,7 @@ func (r Redis) Enabled() bool { return r.URL != "" || len(r.Addrs) > 0 }
 
 // Auth configures key checking and the key store.
 type Auth struct {
-	Store            string   `yaml:"store"`
+	Store            KeyStore `yaml:"store"`
 	File             string   `yaml:"file"`
 	RedisPrefix      string   `yaml:"redis_prefix"`
 	CacheTTL         Duration `yaml:"cache_ttl"`
@@ -213,7 +213,7 @@ func (a Auth) StoreSettings() AuthStoreSettings {
 
 // RateLimit is the global limit (SPEC §4).
 type RateLimit struct {
-	KeyBy     string          `yaml:"key_by"`
+	KeyBy     KeyBy           `yaml:"key_by"`
 	Algorithm Algorithm       `yaml:"algorithm"`
 	Tiers     []Tier          `yaml:"tiers"`
 	Plans     map[string]Plan `yaml:"plans"`
@@ -300,8 +300,8 @@ func (r *RouteRateLimit) UnmarshalYAML(n *yaml.Node) error {
 
 // Log configures the process log and the access log.
 type Log struct {
-	Level  string `yaml:"level"`
-	Format string `yaml:"format"`
+	Level  LogLevel  `yaml:"level"`
+	Format LogFormat `yaml:"format"`
 }
 
 // Tracing is W3C trace context and OpenTelemetry export (SPEC §11). The
@@ -400,7 +400,7 @@ func Default() *Config {
 			MaxHeaderBytes:    32768,
 			MaxBodyBytes:      10 << 20,
 			ShutdownTimeout:   Duration(25 * time.Second),
-			TLS:               TLS{MinVersion: "1.2"},
+			TLS:               TLS{MinVersion: TLS12},
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090"},
 		Upstream: Upstream{
@@ -421,7 +421,7 @@ func Default() *Config {
 			ForwardKey:       true,
 		},
 		RateLimit: RateLimit{
-			KeyBy:                 "app",
+			KeyBy:                 KeyByApp,
 			Algorithm:             SlidingLog,
 			Mode:                  Enforce,
 			MaxUpstreamRetryAfter: Duration(time.Minute),
@@ -437,7 +437,7 @@ func Default() *Config {
 			MaxAge:         Duration(10 * time.Minute),
 		},
 		Messages: map[string]string{},
-		Log:      Log{Level: "info", Format: "json"},
+		Log:      Log{Level: LevelInfo, Format: FormatJSON},
 		Tracing:  Tracing{SampleRatio: 0.01, ServiceName: "deskgate"},
 	}
 }
@@ -483,7 +483,7 @@ func Load(path string) (*Config, error) {
 	// The key file is checked even when the config has errors, so that
 	// one run names them all; it needs a store and a file name that
 	// survived the config's own checks.
-	if cfg != nil && cfg.Auth.Store == "file" && cfg.Auth.File != "" {
+	if cfg != nil && cfg.Auth.Store == StoreFile && cfg.Auth.File != "" {
 		cfg.KeyFilePath = KeyFilePath(path, cfg.Auth.File)
 		// An unknown plan is only worth reporting when the plans
 		// themselves were read without error.

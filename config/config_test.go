@@ -188,13 +188,13 @@ func TestParseMinimalGivesDefaults(t *testing.T) {
 		{"redis.enabled", cfg.Redis.Enabled(), false},
 		{"redis.timeout", cfg.Redis.Timeout.D(), 50 * time.Millisecond},
 		{"redis.on_failure", cfg.Redis.OnFailure, OnFailure("local")},
-		{"auth.store", cfg.Auth.Store, "none"},
+		{"auth.store", cfg.Auth.Store, KeyStore("none")},
 		{"auth.environments", cfg.Auth.Environments, []Env{"live"}},
 		{"auth.forward_key", cfg.Auth.ForwardKey, true},
 		{"auth.redis_prefix", cfg.Auth.RedisPrefix, "deskgate:apikey:"},
 		{"auth.cache_ttl", cfg.Auth.CacheTTL.D(), 30 * time.Second},
 		{"auth.negative_cache_ttl", cfg.Auth.NegativeCacheTTL.D(), 5 * time.Second},
-		{"rate_limit.key_by", cfg.RateLimit.KeyBy, "app"},
+		{"rate_limit.key_by", cfg.RateLimit.KeyBy, KeyBy("app")},
 		{"rate_limit.algorithm", cfg.RateLimit.Algorithm, Algorithm("sliding_log")},
 		{"rate_limit.tiers", cfg.RateLimit.Tiers, []Tier{
 			{Limit: 3, Window: Window{D: time.Second, Text: "1s"}},
@@ -203,8 +203,8 @@ func TestParseMinimalGivesDefaults(t *testing.T) {
 		}},
 		{"watch_config", cfg.WatchConfig, false},
 		{"messages", len(cfg.Messages), 0},
-		{"log.level", cfg.Log.Level, "info"},
-		{"log.format", cfg.Log.Format, "json"},
+		{"log.level", cfg.Log.Level, LogLevel("info")},
+		{"log.format", cfg.Log.Format, LogFormat("json")},
 		{"routes[0].rate_limit", cfg.Routes[0].RateLimit, RouteRateLimit{}},
 		{"routes[0].timeout", cfg.Routes[0].Timeout.D(), time.Duration(0)},
 	}
@@ -236,7 +236,7 @@ func TestParseNullKeepsDefault(t *testing.T) {
 		want any
 	}{
 		{"empty string value", minimal + "server:\n  listen:\n", func(c *Config) any { return c.Server.Listen }, ":8080"},
-		{"tilde string value", minimal + "log:\n  level: ~\n", func(c *Config) any { return c.Log.Level }, "info"},
+		{"tilde string value", minimal + "log:\n  level: ~\n", func(c *Config) any { return c.Log.Level }, LogLevel("info")},
 		{"null duration", head + "upstream:\n  url: http://127.0.0.1:8081\n  timeout: null\n", func(c *Config) any { return c.Upstream.Timeout.D() }, 30 * time.Second},
 		{"null int", head + "upstream:\n  url: http://127.0.0.1:8081\n  max_idle_conns_per_host:\n", func(c *Config) any { return c.Upstream.MaxIdleConnsPerHost }, 256},
 		{"empty section", minimal + "redis:\n", func(c *Config) any { return c.Redis.OnFailure }, OnFailure("local")},

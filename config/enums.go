@@ -92,3 +92,68 @@ const (
 )
 
 func (e Env) valid() bool { return e == EnvLive || e == EnvTest }
+
+// KeyStore is auth.store: where keys are checked.
+type KeyStore string
+
+// The values of auth.store.
+const (
+	// StoreNone checks a key's format and type only.
+	StoreNone KeyStore = "none"
+	// StoreFile checks keys against the key file (auth.file).
+	StoreFile KeyStore = "file"
+	// StoreRedis checks keys against records in Redis.
+	StoreRedis KeyStore = "redis"
+)
+
+// KeyBy is rate_limit.key_by: whose budget a request spends.
+type KeyBy string
+
+// The values of rate_limit.key_by.
+const (
+	// KeyByApp spends the app's budget (the key's, without a key store).
+	KeyByApp KeyBy = "app"
+	// KeyByKey spends the key's budget.
+	KeyByKey KeyBy = "key"
+	// KeyByIP spends the client address's budget.
+	KeyByIP KeyBy = "ip"
+)
+
+func (k KeyBy) valid() bool { return k == KeyByApp || k == KeyByKey || k == KeyByIP }
+
+// LogLevel is log.level.
+type LogLevel string
+
+// The values of log.level.
+const (
+	LevelDebug LogLevel = "debug"
+	LevelInfo  LogLevel = "info"
+	LevelWarn  LogLevel = "warn"
+	LevelError LogLevel = "error"
+)
+
+func (l LogLevel) valid() bool {
+	return l == LevelDebug || l == LevelInfo || l == LevelWarn || l == LevelError
+}
+
+// LogFormat is log.format.
+type LogFormat string
+
+// The values of log.format.
+const (
+	FormatJSON LogFormat = "json"
+	FormatText LogFormat = "text"
+)
+
+func (f LogFormat) valid() bool { return f == FormatJSON || f == FormatText }
+
+// TLSVersion is server.tls.min_version.
+type TLSVersion string
+
+// The values of server.tls.min_version.
+const (
+	TLS12 TLSVersion = "1.2"
+	TLS13 TLSVersion = "1.3"
+)
+
+func (v TLSVersion) valid() bool { return v == TLS12 || v == TLS13 }

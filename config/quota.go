@@ -76,7 +76,7 @@ func (c *Config) validateQuotas(errs *Errors) {
 			if q.Plans[plan] < 0 {
 				errs.add(pp, "must not be negative, got %d", q.Plans[plan])
 			}
-			if len(c.RateLimit.Plans) > 0 && c.Auth.Store != "file" {
+			if len(c.RateLimit.Plans) > 0 && c.Auth.Store != StoreFile {
 				if _, ok := c.RateLimit.Plans[plan]; !ok {
 					errs.add(pp, "unknown plan %q (rate_limit.plans)", plan)
 				}

@@ -46,10 +46,10 @@ func (c *Config) Validate() error {
 			errs.add(p, "message must not be empty")
 		}
 	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+	if !c.Log.Level.valid() {
 		errs.add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
 	}
-	if c.Log.Format != "json" && c.Log.Format != "text" {
+	if !c.Log.Format.valid() {
 		errs.add("log.format", "must be json or text, got %q", c.Log.Format)
 	}
 	if len(errs) == 0 {
@@ -92,7 +92,7 @@ func (c *Config) validateServer(errs *Errors) {
 // touches no file.
 func (c *Config) validateTLS(errs *Errors) {
 	s, t, a := c.Server, c.Server.TLS, c.Server.TLS.ACME
-	if t.MinVersion != "1.2" && t.MinVersion != "1.3" {
+	if !t.MinVersion.valid() {
 		errs.add("server.tls.min_version", `must be "1.2" or "1.3", got %q`, t.MinVersion)
 	}
 	files := t.CertFile != "" || t.KeyFile != ""
@@ -324,12 +324,12 @@ func redactURL(s string) string {
 func (c *Config) validateAuth(errs *Errors) {
 	a := c.Auth
 	switch a.Store {
-	case "none":
-	case "file":
+	case StoreNone:
+	case StoreFile:
 		if a.File == "" {
 			errs.add("auth.file", "required with auth.store: file")
 		}
-	case "redis":
+	case StoreRedis:
 		if !c.Redis.Enabled() {
 			errs.add("auth.store", "redis needs redis.url or redis.addrs")
 		}
@@ -356,7 +356,7 @@ func (c *Config) validateAuth(errs *Errors) {
 
 func (c *Config) validateRateLimit(errs *Errors) {
 	rl := c.RateLimit
-	if !slices.Contains([]string{"app", "key", "ip"}, rl.KeyBy) {
+	if !rl.KeyBy.valid() {
 		errs.add("rate_limit.key_by", "must be app, key or ip, got %q", rl.KeyBy)
 	}
 	checkAlgorithm(errs, "rate_limit.algorithm", rl.Algorithm, false)

@@ -156,7 +156,7 @@ func (g *Gateway) Budget(ctx context.Context, values []string) (*BudgetReport, *
 		if rt.limit == nil {
 			continue
 		}
-		rep.KeyBy = rt.keyBy
+		rep.KeyBy = string(rt.keyBy)
 		if rt.keyByIP {
 			// Counted per client address, not per key: not this key's.
 			rep.Note = "routes limited per client IP (auth: none, key_by: ip) are not listed"

@@ -26,7 +26,7 @@ type route struct {
 	// limit is nil on `rate_limit: false` routes.
 	limit   *bucket
 	keyByIP bool
-	keyBy   string
+	keyBy   config.KeyBy
 	// websocket is routes[].websocket: Upgrade: websocket goes through.
 	websocket bool
 	// cors is set when the route takes part in the gateway's CORS policy.
@@ -153,7 +153,7 @@ func (g *Gateway) buildRoutes(cfg *config.Config, o Options, codes []string) err
 		if rt.policy, err = auth.PolicyOf(rc.Auth); err != nil {
 			return fmt.Errorf("routes[%d].auth: %w", i, err)
 		}
-		rt.keyByIP = rt.policy == auth.None || cfg.RateLimit.KeyBy == "ip"
+		rt.keyByIP = rt.policy == auth.None || cfg.RateLimit.KeyBy == config.KeyByIP
 		rt.cors = g.cors != nil && rt.policy != auth.SecretOnly && (rc.CORS == nil || *rc.CORS)
 		switch {
 		case rc.RateLimit.Disabled:

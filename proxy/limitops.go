@@ -13,6 +13,7 @@ import (
 
 	"github.com/innovartx/deskgate/apierror"
 	"github.com/innovartx/deskgate/auth"
+	"github.com/innovartx/deskgate/config"
 	"github.com/innovartx/deskgate/ratelimit"
 )
 
@@ -31,7 +32,7 @@ func (rt *route) identityKey(st *state, id auth.Identity) ratelimit.Key {
 	switch {
 	case rt.keyByIP:
 		k = ratelimit.KeyFromAddr(st.clientIP)
-	case id.AppID != "" && rt.keyBy == "app":
+	case id.AppID != "" && rt.keyBy == config.KeyByApp:
 		k = ratelimit.KeyFromApp(id.AppID)
 	default:
 		k = ratelimit.KeyFromHash(id.Key.Hash)

@@ -74,7 +74,7 @@ func New(cfg config.TLS, o Options) (*Edge, error) {
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: e.getCertificate,
 	}
-	if cfg.MinVersion == "1.3" {
+	if cfg.MinVersion == config.TLS13 {
 		e.tls.MinVersion = tls.VersionTLS13
 	}
 	if cfg.ACME.Enabled() {
