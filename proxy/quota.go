@@ -269,9 +269,11 @@ func (g *Gateway) settleQuotas(st *state, r *http.Request, aborted bool) {
 	if st.w.status != 0 && !aborted && !st.canceled {
 		_ = http.NewResponseController(&st.w).Flush()
 	}
-	// A release is written even when the client has gone.
+	// A release is written now, even when the client has gone meanwhile;
+	// a commit is only queued (and the in-process store takes no
+	// context), so a 2xx need not detach one.
 	ctx := r.Context()
-	if ctx.Err() != nil {
+	if !commit {
 		ctx = context.WithoutCancel(ctx)
 	}
 	for _, h := range st.holds {

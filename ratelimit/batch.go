@@ -204,22 +204,20 @@ func (c *call) claimMarks(items []*pending) (rest []settlement) {
 	left := c.settles
 	for _, it := range items {
 		for _, key := range it.qkeys {
-			m := argNoMarks
 			var joined string
-			n := 0
 			for i := 0; i < len(left); {
 				if left[i].key != key {
 					i++
 					continue
 				}
 				joined += left[i].mark
-				n++
 				// Claimed: moved out of the left part, in place.
 				last := len(left) - 1
 				left[i], left[last] = left[last], left[i]
 				left = left[:last]
 			}
-			if n > 0 {
+			m := argNoMarks
+			if joined != "" {
 				m = joined
 			}
 			c.marks = append(c.marks, m)
@@ -368,12 +366,7 @@ func (r *Redis) run(c *call) {
 	clear(c.marks)
 	clear(pols)
 	c.pols = pols[:0]
-	cmd := r.client.Do(ctx, args...)
-	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-		// Redis restarted or was flushed: EVAL loads the script again.
-		args[0], args[1] = argEval, argSource
-		cmd = r.client.Do(ctx, args...)
-	}
+	cmd := evalAgain(ctx, r.client, r.client.Do(ctx, args...))
 	clear(args)
 	c.args = args[:0]
 	reply, err := cmd.Text()
@@ -400,7 +393,7 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 			scmds[i] = pipe.Do(ctx, settleOnly(st)...)
 		}
 		for i, it := range items {
-			args := make([]any, 0, 9+len(it.qkeys)+len(it.p.scriptArgs)+3*len(it.asks))
+			args := make([]any, 0, 9+len(it.qkeys)+len(it.p.scriptArgs)+4*len(it.asks))
 			args = append(args, argEvalSHA, argSHA, it.numKeys(), string(it.key))
 			for _, k := range it.qkeys {
 				args = append(args, k)
@@ -414,13 +407,7 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 	})
 	_ = r.settledInCluster(ctx, cc, settles, scmds, false)
 	for i, it := range items {
-		cmd := cmds[i]
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			args := cmd.Args()
-			args[0], args[1] = argEval, argSource
-			cmd = cc.Do(ctx, args...)
-		}
-		reply, err := cmd.Text()
+		reply, err := evalAgain(ctx, cc, cmds[i]).Text()
 		if err == nil {
 			err = parseReply(reply, items[i:i+1])
 		}
@@ -428,6 +415,20 @@ func (r *Redis) runPipeline(ctx context.Context, cc *redis.ClusterClient, items 
 			it.err = fmt.Errorf("rate-limit script: %w", err)
 		}
 	}
+}
+
+// evalAgain returns cmd, a call of the rate-limit script by its SHA, or,
+// when Redis no longer has the script (it restarted or was flushed), the
+// same call made again with EVAL, which loads it.
+func evalAgain(ctx context.Context, c interface {
+	Do(context.Context, ...any) *redis.Cmd
+}, cmd *redis.Cmd) *redis.Cmd {
+	if !redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		return cmd
+	}
+	args := cmd.Args()
+	args[0], args[1] = argEval, argSource
+	return c.Do(ctx, args...)
 }
 
 // replyError is an error reply of a command the script ran (OOM, READONLY,

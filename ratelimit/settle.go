@@ -189,12 +189,7 @@ func (r *Redis) settleCall(ctx context.Context, batch []settlement) error {
 	}
 	args = appendMarks(args, batch)
 	args = append(args, 0) // no policies, no requests
-	err := r.client.Do(ctx, args...).Err()
-	if redis.HasErrorPrefix(err, "NOSCRIPT") {
-		args[0], args[1] = argEval, argSource
-		err = r.client.Do(ctx, args...).Err()
-	}
-	return err
+	return evalAgain(ctx, r.client, r.client.Do(ctx, args...)).Err()
 }
 
 // settleOnly is the script call of one settlement, in a Cluster (one key
@@ -204,20 +199,14 @@ func settleOnly(st settlement) []any {
 }
 
 // settledInCluster reads the replies of settlements sent one call each
-// in a Cluster pipeline: one that found a master without the script is
-// sent again with EVAL, and those that failed are queued again (own: as
+// in a Cluster pipeline (one that found a master without the script sent
+// again with EVAL), and queues again those that failed (own: as
 // for [settleQueue.retry]).
 func (r *Redis) settledInCluster(ctx context.Context, cc *redis.ClusterClient, batch []settlement, cmds []*redis.Cmd, own bool) error {
 	var failed []settlement
 	var first error
 	for i, cmd := range cmds {
-		err := cmd.Err()
-		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			args := settleOnly(batch[i])
-			args[0], args[1] = argEval, argSource
-			err = cc.Do(ctx, args...).Err()
-		}
-		if err != nil {
+		if err := evalAgain(ctx, cc, cmd).Err(); err != nil {
 			failed = append(failed, batch[i])
 			first = cmp.Or(first, err)
 		}

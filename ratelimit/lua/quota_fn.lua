@@ -34,6 +34,16 @@ local function qload(s, month, now)
   return q
 end
 
+-- qtime returns Redis' time in ms, its calendar month and the Unix
+-- seconds of the month's start and of the next month's: a quota script's
+-- clock.
+local function qtime()
+  local t = redis.call('TIME')
+  local sec = tonumber(t[1])
+  local month, start, reset = month_of(sec)
+  return sec * 1000 + math.floor(tonumber(t[2]) / 1000), month, start, reset
+end
+
 -- qget reads key k's value as MGET does in the rate-limit script: a key
 -- of another type (the first quota builds' hash) reads as none, and the
 -- next write replaces it.
