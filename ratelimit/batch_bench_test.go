@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -46,7 +47,9 @@ func selfCPU() time.Duration {
 // request its own call: maxInflight unbounded) and with 1, 2 or 4 calls
 // out at once (the default is one per core, four at most). Besides ns/op, it reports
 // the CPU per decision of this process (client-µs/op) and of redis-server
-// (redis-µs/op), and the decisions per script call.
+// (redis-µs/op), and the decisions per script call; floor_get_set is the
+// batched call of one request at a time with a script that does only the
+// read and write every decision needs (bench/lua/floor_getset.lua).
 func BenchmarkRealRedisConcurrent(b *testing.B) {
 	srv := redistest.Start(b)
 	client := srv.Client(b)
@@ -58,8 +61,20 @@ func BenchmarkRealRedisConcurrent(b *testing.B) {
 	for _, mode := range []struct {
 		name     string
 		inflight int
-	}{{"unbatched", 1 << 30}, {"batched_inflight_1", 1}, {"batched_inflight_2", 2}, {"batched_inflight_4", 4}} {
+		floor    bool
+	}{{"unbatched", 1 << 30, false}, {"batched_inflight_1", 1, false}, {"batched_inflight_2", 2, false}, {"batched_inflight_4", 4, false}, {"floor_get_set", 1, true}} {
 		b.Run(mode.name, func(b *testing.B) {
+			if mode.floor {
+				// bench/lua/floor_getset.lua: the script's read and write
+				// of each log, and nothing else.
+				lua, err := os.ReadFile("../bench/lua/floor_getset.lua")
+				if err != nil {
+					b.Fatal(err)
+				}
+				sha, src := argSHA, argSource
+				argSHA, argSource = redis.NewScript(string(lua)).Hash(), string(lua)
+				b.Cleanup(func() { argSHA, argSource = sha, src })
+			}
 			store := NewRedis(client)
 			store.batch.maxInflight = mode.inflight
 			if err := store.Load(context.Background()); err != nil {
