@@ -15,13 +15,19 @@ import (
 
 // Sliding-log decisions that reach Redis together go in one script call:
 // one write, one TIME and one reply for the lot instead of one of each per
-// request. This is auto-pipelining as rueidis does it, with nothing added to
-// a lone request's path: a request that finds no call waiting to be sent
-// and a free slot makes its own call at once, in its own goroutine; the
+// request. This is auto-pipelining as rueidis does it, with no wait added
+// to a lone request's path: a request that finds no call waiting to be
+// sent and a free slot makes its own call at once, in its own goroutine,
+// after one yield that lets the requests already ready to run join it; the
 // requests that arrive while maxInflight calls are out queue, and the next
 // call takes all of them (up to maxBatch) when a slot frees. No timer is
 // involved: a batch is whatever queued during the previous round trip, so
 // it is one request at low load and grows with the load.
+//
+// On a core shared with Redis, a round trip's cost is mostly fixed (the
+// writes, reads and wake-ups on both sides: bench/floor, BENCHMARKS.md), so
+// requests per call is what the gateway's CPU per request depends on; the
+// yield took it from 8.6 to 12 under bench/floor's load.
 //
 // A batch is decided in arrival order by one script run, so it is exactly
 // as if its requests had reached Redis one after another at that instant:
@@ -116,12 +122,21 @@ func (r *Redis) allowQuotas(ctx context.Context, deadline time.Time, p *Policy, 
 
 	b.mu.Lock()
 	if len(b.queue) == 0 && b.inflight < b.maxInflight {
-		// A free slot and nobody waiting: this request goes now, alone.
+		// A free slot and nobody waiting: this request goes now, with
+		// the requests that are ready to run and reach the queue first
+		// (none at low load, when the yield costs nothing).
 		b.inflight++
 		b.mu.Unlock()
+		runtime.Gosched()
 		c := callPool.Get().(*call)
 		c.items = append(c.items[:0], it)
+		b.mu.Lock()
+		c.items = b.take(c.items, maxBatch-1)
+		b.mu.Unlock()
 		r.run(c)
+		for _, other := range c.items[1:] {
+			other.done <- struct{}{}
+		}
 		clear(c.items)
 		callPool.Put(c)
 		r.handOver()
@@ -241,6 +256,17 @@ func (r *Redis) handOver() {
 	b.mu.Unlock()
 }
 
+// take moves up to n requests from the head of the queue to items. b.mu
+// is held.
+func (b *batcher) take(items []*pending, n int) []*pending {
+	n = min(len(b.queue), n)
+	items = append(items, b.queue[:n]...)
+	rest := copy(b.queue, b.queue[n:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	return items
+}
+
 // flush sends the queue, a batch per call, until it is empty.
 func (r *Redis) flush() {
 	// The requests that are ready to run reach the queue before this call
@@ -256,12 +282,8 @@ func (r *Redis) flush() {
 			return
 		}
 		c := callPool.Get().(*call)
-		n := min(len(b.queue), maxBatch)
-		c.items = append(c.items[:0], b.queue[:n]...)
-		rest := copy(b.queue, b.queue[n:])
-		clear(b.queue[rest:])
-		b.queue = b.queue[:rest]
-		if rest > 0 && b.inflight < b.maxInflight && b.starting == 0 {
+		c.items = b.take(c.items[:0], maxBatch)
+		if len(b.queue) > 0 && b.inflight < b.maxInflight && b.starting == 0 {
 			b.inflight++
 			b.starting++
 			go r.flush()

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,6 +211,38 @@ func TestBatchConcurrentExact(t *testing.T) {
 		if time.Now().After(wait) {
 			t.Fatalf("batcher not idle 1s after the run: inflight %d, starting %d, queued %d", inflight, starting, queued)
 		}
+	}
+}
+
+// TestLoneCallTakesReadyRequests: a request that finds the slot free takes
+// along, in its one call, the requests that were ready to run when it
+// started (on one P: goroutines started just before it) — one script call
+// for eight requests, where going alone at once made two.
+func TestLoneCallTakesReadyRequests(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client(t)
+	r := NewRedis(client)
+	r.batch.maxInflight = 1
+	p := defaultPolicy(t)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	client.ConfigResetStat(context.Background())
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var wg sync.WaitGroup
+	for i := range 7 {
+		wg.Go(func() {
+			if _, err := r.Allow(context.Background(), p, KeyFromApp("ready"+strconv.Itoa(i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if _, err := r.Allow(context.Background(), p, KeyFromApp("lone")); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if calls := scriptCalls(t, client); calls != 1 {
+		t.Errorf("%d script calls for 8 requests ready at once, want 1", calls)
 	}
 }
 
