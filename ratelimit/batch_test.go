@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
@@ -217,7 +218,10 @@ func TestBatchConcurrentExact(t *testing.T) {
 // TestLoneCallTakesReadyRequests: a request that finds the slot free takes
 // along, in its one call, the requests that were ready to run when it
 // started (on one P: goroutines started just before it) — one script call
-// for eight requests, where going alone at once made two.
+// for eight requests, where going alone at once made two. The scheduler
+// runs a yielded goroutine early now and then (it looks at the global run
+// queue every 61st time), so the test asks it of most of 20 rounds: the
+// old batcher made 40 calls, this one 20 and rarely a few more.
 func TestLoneCallTakesReadyRequests(t *testing.T) {
 	srv := redistest.Start(t)
 	client := srv.Client(t)
@@ -229,20 +233,25 @@ func TestLoneCallTakesReadyRequests(t *testing.T) {
 	}
 	client.ConfigResetStat(context.Background())
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	var wg sync.WaitGroup
-	for i := range 7 {
-		wg.Go(func() {
-			if _, err := r.Allow(context.Background(), p, KeyFromApp("ready"+strconv.Itoa(i))); err != nil {
-				t.Error(err)
-			}
-		})
+	const rounds = 20
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for i := range 7 {
+			wg.Go(func() {
+				if _, err := r.Allow(context.Background(), p, KeyFromApp(fmt.Sprintf("ready-%d-%d", round, i))); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		if _, err := r.Allow(context.Background(), p, KeyFromApp(fmt.Sprintf("lone-%d", round))); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
 	}
-	if _, err := r.Allow(context.Background(), p, KeyFromApp("lone")); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	if calls := scriptCalls(t, client); calls != 1 {
-		t.Errorf("%d script calls for 8 requests ready at once, want 1", calls)
+	calls := scriptCalls(t, client)
+	t.Logf("%d script calls for %d rounds of 8 requests ready at once", calls, rounds)
+	if calls > rounds*3/2 {
+		t.Errorf("%d script calls for %d rounds of 8 requests ready at once, want about %d", calls, rounds, rounds)
 	}
 }
 
