@@ -47,9 +47,9 @@ func selfCPU() time.Duration {
 // request its own call: maxInflight unbounded) and with 1, 2 or 4 calls
 // out at once (the default is one per core, four at most). Besides ns/op, it reports
 // the CPU per decision of this process (client-µs/op) and of redis-server
-// (redis-µs/op), and the decisions per script call; floor_get_set is the
-// batched call of one request at a time with a script that does only the
-// read and write every decision needs (bench/lua/floor_getset.lua).
+// (redis-µs/op), and the decisions per script call; floor_get_set is
+// batched_inflight_1 with a script that does only the read and write every
+// decision needs (bench/lua/floor_getset.lua).
 func BenchmarkRealRedisConcurrent(b *testing.B) {
 	srv := redistest.Start(b)
 	client := srv.Client(b)
